@@ -1,0 +1,1 @@
+"""Root conftest: nothing heavy here; the giacheck plugin is loaded through its pytest11 entry point."""

@@ -1,0 +1,50 @@
+"""Per-case artifacts: an original | reconstruction PNG strip and the result as JSON, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["save_pair_png", "save_result", "write_json_atomic"]
+
+
+def save_pair_png(original: torch.Tensor, reconstruction: torch.Tensor, path: Path, *, scale: int = 4) -> Path:
+    """Save originals (top row) above their matched reconstructions (bottom row), upscaled ``scale``× nearest."""
+    rows = [torch.cat(list(batch.clamp(0, 1)), dim=2) for batch in (original, reconstruction)]
+    grid = torch.cat(rows, dim=1)  # (3, 2H, B·W)
+    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def write_json_atomic(payload: Any, path: Path) -> Path:
+    """Write sorted-key JSON through a temporary file and an atomic rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_result(result: Any, out_dir: Path) -> dict[str, Path]:
+    """Write ``<case-id>.png`` and ``<case-id>.json`` for a :class:`giacheck.runner.Result` under ``out_dir``."""
+    out_dir = Path(out_dir)
+    return {
+        "png": save_pair_png(result.original, result.reconstruction, out_dir / f"{result.case_id}.png"),
+        "json": write_json_atomic(result.to_dict(), out_dir / f"{result.case_id}.json"),
+    }

@@ -1,0 +1,135 @@
+"""The attacker's replica of the client and the inversion objective (paper Eq. 1, §4.3; DESIGN §4).
+
+``1 − cos(Δ_dummy, Δ_client)`` over the whole concatenated update, accumulated per tensor in the update's
+dtype (no flattening, no float64 copy), ``+ λ_TV·TV(x)`` and, when a statistics target is given,
+``+ λ_BN·prior``. Everything is a pure function of the image batch so that ``torch.func`` can take its
+gradient and ``vmap`` it over restarts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad
+
+from giacheck.attack.bnstats import NormStatsRecorder, NormTarget, norm_modules, stats_prior
+from giacheck.client import ClientUpdate, task_loss
+from giacheck.errors import InvalidUpdateError
+from giacheck.specs import AttackSpec, BNMode, UpdateKind
+
+__all__ = ["Replica", "cosine_distance", "total_variation"]
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation: mean absolute difference of horizontal and vertical neighbours."""
+    return (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+
+
+def cosine_distance(update: list[torch.Tensor], target: list[torch.Tensor], target_norm: float) -> torch.Tensor:
+    """``1 − cos`` between two updates given as matching lists of tensors, accumulated tensor by tensor."""
+    dot = torch.stack([(u * t).sum() for u, t in zip(update, target, strict=True)]).sum()
+    norm_sq = torch.stack([u.pow(2).sum() for u in update]).sum()
+    return 1.0 - dot / (norm_sq.sqrt() * target_norm + 1e-12)
+
+
+class Replica:
+    """The attacker's copy of the global model, run like the client: same BN mode, same loss, same unrolling.
+
+    The replica's BatchNorm layers keep their running statistics frozen (the attacker's forwards must not
+    change them), and it only ever sees the shared update, the labels it knows and its own dummy images.
+    """
+
+    def __init__(self, model: nn.Module, update: ClientUpdate, labels: torch.Tensor) -> None:
+        net = copy.deepcopy(model)
+        net.train(update.bn_mode is BNMode.TRAIN)
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.track_running_stats = False  # train: normalize with batch stats, update nothing
+        named = dict(net.named_parameters())
+        _check_update(update, named)
+        for name, p in named.items():
+            p.requires_grad_(name in update.tensors)  # leaves for the autograd path; grad() ignores the flag
+        self.net = net
+        self.update = update
+        self.labels = labels
+        self.names = list(update.tensors)
+        self.params = {n: named[n] for n in self.names}
+        self.frozen = {n: p for n, p in named.items() if n not in update.tensors}
+        self.buffers = dict(net.named_buffers())
+        self.target = [update.tensors[n] for n in self.names]
+        self.target_norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in self.target))
+        self.norms = norm_modules(net)
+
+    def dummy_update(self, x: torch.Tensor, recorder: NormStatsRecorder | None = None, *,
+                     functional: bool = True) -> list[torch.Tensor]:
+        """The update the client would share for images ``x`` (FedSGD gradient or unrolled FedAvg delta).
+
+        ``functional=True`` differentiates with ``torch.func.grad`` (composable with ``vmap``);
+        ``False`` with ``torch.autograd.grad(create_graph=True)``, which is faster for a single restart.
+        """
+
+        def loss_fn(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            if params is self.params:  # the module's own parameters: skip functional_call's swapping
+                logits = self.net(x)
+            else:
+                logits = functional_call(self.net, ({**params, **self.frozen}, self.buffers), (x,))
+            return task_loss(logits, self.labels)
+
+        if functional:
+            grad_fn = grad(loss_fn)
+        else:
+            def grad_fn(params: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+                grads = torch.autograd.grad(loss_fn(params, x), list(params.values()), create_graph=True)
+                return dict(zip(params, grads, strict=True))
+
+        if recorder is not None:
+            with recorder.recording():
+                return self._unroll(grad_fn, x)
+        return self._unroll(grad_fn, x)
+
+    def _unroll(self, grad_fn, x: torch.Tensor) -> list[torch.Tensor]:
+        g = grad_fn(self.params, x)
+        if self.update.kind is UpdateKind.FEDSGD:
+            return [g[n] for n in self.names]
+        params = {n: self.params[n] - self.update.local_lr * g[n] for n in self.names}
+        for _ in range(self.update.local_steps - 1):
+            g = grad_fn(params, x)
+            params = {n: params[n] - self.update.local_lr * g[n] for n in self.names}
+        return [params[n] - self.params[n] for n in self.names]
+
+    def objective(self, spec: AttackSpec, stats: NormTarget | None, *, functional: bool = True):
+        """Return ``f(x) -> (objective, gradient distance)`` for one restart's image batch ``x``."""
+        use_prior = stats is not None and spec.bn_weight > 0
+        recorder = NormStatsRecorder({n: self.norms[n] for n in stats.mean}) if use_prior else None
+
+        def f(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            update = self.dummy_update(x, recorder, functional=functional)
+            dist = cosine_distance(update, self.target, self.target_norm)
+            total = dist + spec.tv_weight * total_variation(x)
+            if use_prior:
+                total = total + spec.bn_weight * stats_prior(recorder.mean, recorder.var, stats, spec.bn_prior)
+            return total, dist
+
+        return f
+
+
+def _check_update(update: ClientUpdate, params: dict[str, nn.Parameter]) -> None:
+    """Reject updates the attack cannot use, naming the tensor: unknown names, wrong shapes, NaN/Inf, all zero."""
+    if not update.tensors:
+        raise InvalidUpdateError("the client update holds no tensors")
+    total = 0.0
+    for name, t in update.tensors.items():
+        if name not in params:
+            raise InvalidUpdateError(f"update tensor {name!r} is not a parameter of the model")
+        if t.shape != params[name].shape:
+            raise InvalidUpdateError(f"update tensor {name!r} has shape {tuple(t.shape)}, "
+                                     f"the model's parameter has {tuple(params[name].shape)}")
+        if not torch.isfinite(t).all():
+            raise InvalidUpdateError(f"update tensor {name!r} contains NaN or Inf; a diverged client update "
+                                     "cannot be inverted (check the client's learning rate and inputs)")
+        total += float(t.double().abs().sum())
+    if total == 0.0:
+        raise InvalidUpdateError("the client update is all zeros: it carries no information to invert")

@@ -1,0 +1,141 @@
+"""Model registry: ``@register_model`` functions return a :class:`ModelEntry`; ``build`` makes the module.
+
+The function name is the registry key and its one-line docstring says what it is (timm style). Any
+``package.module:function`` string also names a model, so a vendor's test pack can use its own architecture.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from giacheck.errors import InvalidCaseError, UnknownModelError, close_matches
+
+__all__ = ["ModelEntry", "NormalizedModel", "build", "get_entry", "list_models", "register_model"]
+
+log = logging.getLogger("giacheck.models")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelEntry:
+    """Metadata of a registered model plus the factory that builds it (timm's ``PretrainedCfg`` analogue)."""
+
+    name: str
+    upstream: str
+    factory: Callable[[int, int], nn.Module] = field(repr=False)  # (resolution, num_classes) -> module
+    default_size: int
+    num_classes: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    task: str = "classification"
+    norm_kinds: tuple[str, ...] = ()
+    has_batchnorm: bool = False
+    sizes: tuple[int, ...] = ()  # resolutions the model accepts; empty = any multiple of ``size_multiple``
+    size_multiple: int = 1
+    min_size: int = 8
+    description: str = ""
+
+    def check_resolution(self, resolution: int) -> str | None:
+        """Return why ``resolution`` cannot be used with this model, or ``None`` when it can."""
+        if self.sizes and resolution not in self.sizes:
+            return f"{self.name} takes input sizes {list(self.sizes)}, not {resolution}"
+        if resolution < self.min_size or resolution % self.size_multiple:
+            return (f"{self.name} needs an input size >= {self.min_size} and a multiple of {self.size_multiple}, "
+                    f"got {resolution}")
+        return None
+
+
+class NormalizedModel(nn.Module):
+    """Wraps a network so that it takes pixels in [0,1]: normalization is part of the model (DESIGN §4)."""
+
+    def __init__(self, net: nn.Module, entry: ModelEntry) -> None:
+        super().__init__()
+        self.net = net
+        self.entry = entry
+        self.register_buffer("mean", torch.tensor(entry.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(entry.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+_REGISTRY: dict[str, Callable[..., ModelEntry]] = {}
+
+
+def register_model(fn: Callable[..., ModelEntry]) -> Callable[..., ModelEntry]:
+    """Register ``fn`` under its own name; a duplicate name raises (timm only warns)."""
+    name = fn.__name__
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered by {_REGISTRY[name].__module__}")
+    _REGISTRY[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """All registered model names, sorted."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str, **overrides: object) -> ModelEntry:
+    """Look up a registered name or import a ``package.module:function``; unknown names list close matches."""
+    _load_builtin()
+    if ":" in name:
+        fn = _import_factory(name)
+    elif name in _REGISTRY:
+        fn = _REGISTRY[name]
+    else:
+        raise UnknownModelError(
+            f"unknown model {name!r}.{close_matches(name, _REGISTRY)} Valid names: {', '.join(sorted(_REGISTRY))}; "
+            "or give 'package.module:function' returning a ModelEntry."
+        )
+    entry = fn(**overrides)
+    if not isinstance(entry, ModelEntry):
+        raise UnknownModelError(f"{name!r} returned {type(entry).__name__}, expected giacheck.models.ModelEntry")
+    return entry
+
+
+def build(name: str, resolution: int, *, num_classes: int | None = None, seed: int = 0) -> NormalizedModel:
+    """Build a randomly initialized (seeded) model that takes [0,1] pixels at ``resolution``."""
+    entry = get_entry(name)
+    problem = entry.check_resolution(resolution)
+    if problem:
+        raise InvalidCaseError(problem)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = entry.factory(resolution, num_classes or entry.num_classes)
+    _disable_stochastic_layers(net)
+    return NormalizedModel(net, entry)
+
+
+def _disable_stochastic_layers(net: nn.Module) -> None:
+    """Dropout and drop-path off (paper §4.3.1): the attacker assumes a deterministic client forward."""
+    for module in net.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        if type(module).__name__ == "DropPath":
+            module.drop_prob = 0.0
+
+
+def _import_factory(spec: str) -> Callable[..., ModelEntry]:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownModelError(f"model {spec!r}: cannot import module {module_name!r} ({exc})") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UnknownModelError(f"model {spec!r}: module {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+def _load_builtin() -> None:
+    from giacheck.models import lenet, resnets  # noqa: F401  (registers on import)
