@@ -17,7 +17,7 @@ from torch import nn
 
 from giacheck.specs import BNMode, ClientSpec, UpdateKind
 
-__all__ = ["BNStats", "ClientUpdate", "bn_modules", "simulate_update", "task_loss"]
+__all__ = ["BNStats", "ClientUpdate", "bn_modules", "loss_of", "simulate_update", "task_loss"]
 
 log = logging.getLogger("giacheck.client")
 
@@ -59,8 +59,13 @@ def bn_modules(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The client's training loss: mean cross-entropy (client and attacker must agree on the reduction)."""
+    """The default training loss: mean cross-entropy (client and attacker must agree on the reduction)."""
     return F.cross_entropy(logits, labels, reduction="mean")
+
+
+def loss_of(model: nn.Module):
+    """The model's own training loss (``NormalizedModel.loss``, e.g. a detection loss), else :func:`task_loss`."""
+    return getattr(model, "loss", task_loss)
 
 
 def simulate_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: ClientSpec) -> ClientUpdate:
@@ -69,13 +74,14 @@ def simulate_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     client.train(spec.bn_mode is BNMode.TRAIN)
     before = _snapshot(client)
     params = dict(client.named_parameters())
+    loss_fn = loss_of(client)
     if spec.update is UpdateKind.FEDSGD:
-        grads = torch.autograd.grad(task_loss(client(images), labels), list(params.values()))
+        grads = torch.autograd.grad(loss_fn(client(images), labels), list(params.values()))
         tensors = {name: g.detach() for name, g in zip(params, grads, strict=True)}
     else:
         start = {name: p.detach().clone() for name, p in params.items()}
         for _ in range(spec.local_steps):
-            grads = torch.autograd.grad(task_loss(client(images), labels), list(params.values()))
+            grads = torch.autograd.grad(loss_fn(client(images), labels), list(params.values()))
             with torch.no_grad():
                 for p, g in zip(params.values(), grads, strict=True):
                     p.sub_(spec.local_lr * g)

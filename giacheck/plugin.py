@@ -6,6 +6,9 @@ for now it registers the options and markers so that ``pytest --help`` documents
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 __all__ = ["pytest_addoption", "pytest_configure"]
@@ -30,6 +33,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
+    _share_cpu_threads()
+
+
+def _share_cpu_threads() -> None:
+    """On an xdist worker, give torch its share of the cores: N workers × all cores each thrash the CPU.
+
+    Set before torch is imported (the plugin loads first), so OpenMP reads it; an explicit OMP_NUM_THREADS wins.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 1 or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def option(config: pytest.Config, name: str) -> str:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from giacheck.attack.bnstats import NormStatsRecorder, NormTarget, norm_modules, stats_prior
-from giacheck.client import ClientUpdate, task_loss
+from giacheck.client import ClientUpdate, loss_of
 from giacheck.errors import InvalidUpdateError
 from giacheck.specs import AttackSpec, BNMode, UpdateKind
 
@@ -62,6 +62,7 @@ class Replica:
         self.target = [update.tensors[n] for n in self.names]
         self.target_norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in self.target))
         self.norms = norm_modules(net)
+        self.loss = loss_of(net)
 
     def dummy_update(self, x: torch.Tensor, recorder: NormStatsRecorder | None = None, *,
                      functional: bool = True) -> list[torch.Tensor]:
@@ -76,7 +77,7 @@ class Replica:
                 logits = self.net(x)
             else:
                 logits = functional_call(self.net, ({**params, **self.frozen}, self.buffers), (x,))
-            return task_loss(logits, self.labels)
+            return self.loss(logits, self.labels)
 
         if functional:
             grad_fn = grad(loss_fn)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +21,11 @@ from giacheck.errors import InvalidCaseError, UnknownModelError, close_matches
 __all__ = ["ModelEntry", "NormalizedModel", "build", "get_entry", "list_models", "register_model"]
 
 log = logging.getLogger("giacheck.models")
+
+def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The classification training loss: cross-entropy averaged over the batch."""
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="mean")
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,6 +49,7 @@ class ModelEntry:
     size_multiple: int = 1
     min_size: int = 8
     description: str = ""
+    loss: Callable[[Any, Any], torch.Tensor] = field(default=mean_cross_entropy, repr=False)  # (outputs, targets)
 
     def check_resolution(self, resolution: int) -> str | None:
         """Return why ``resolution`` cannot be used with this model, or ``None`` when it can."""
@@ -65,6 +73,10 @@ class NormalizedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
+
+    def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """The task's training loss (the entry's; client and attacker share it)."""
+        return self.entry.loss(outputs, targets)
 
 
 _REGISTRY: dict[str, Callable[..., ModelEntry]] = {}
@@ -103,8 +115,13 @@ def get_entry(name: str, **overrides: object) -> ModelEntry:
     return entry
 
 
-def build(name: str, resolution: int, *, num_classes: int | None = None, seed: int = 0) -> NormalizedModel:
-    """Build a randomly initialized (seeded) model that takes [0,1] pixels at ``resolution``."""
+def build(name: str, resolution: int, *, num_classes: int | None = None, seed: int = 0,
+          weights: str | os.PathLike[str] | None = None, trust_pickle: bool = False) -> NormalizedModel:
+    """Build a model that takes [0,1] pixels at ``resolution``: randomly initialized (seeded), or from a local file.
+
+    ``weights`` is a safetensors file or a ``torch.load(weights_only=True)`` state dict for the upstream network
+    (see :func:`giacheck.models.weights.load_weights`); ``trust_pickle`` allows a file that needs arbitrary pickles.
+    """
     entry = get_entry(name)
     problem = entry.check_resolution(resolution)
     if problem:
@@ -112,6 +129,10 @@ def build(name: str, resolution: int, *, num_classes: int | None = None, seed: i
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = entry.factory(resolution, num_classes or entry.num_classes)
+    if weights is not None:
+        from giacheck.models.weights import load_weights
+
+        load_weights(net, weights, trust_pickle=trust_pickle)
     _disable_stochastic_layers(net)
     return NormalizedModel(net, entry)
 
@@ -138,4 +159,4 @@ def _import_factory(spec: str) -> Callable[..., ModelEntry]:
 
 
 def _load_builtin() -> None:
-    from giacheck.models import lenet, resnets  # noqa: F401  (registers on import)
+    from giacheck.models import lenet, resnets, timm_zoo, yolo  # noqa: F401  (registers on import)

@@ -1,0 +1,1 @@
+"""Data files shipped with giacheck (box annotations for bundled images)."""
