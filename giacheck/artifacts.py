@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from giacheck.jsonio import write_json_atomic
 
 __all__ = ["save_pair_png", "save_result", "write_json_atomic"]
 
@@ -23,21 +22,6 @@ def save_pair_png(original: torch.Tensor, reconstruction: torch.Tensor, path: Pa
     image = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
-    return path
-
-
-def write_json_atomic(payload: Any, path: Path) -> Path:
-    """Write sorted-key JSON through a temporary file and an atomic rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -1,41 +1,105 @@
-"""pytest plugin (loaded through the ``pytest11`` entry point): the ``giacheck`` option group and markers.
+"""pytest plugin (``pytest11`` entry point): options, markers, the ``gia`` fixture, baselines, summary, GPUs.
 
-The suites' fixtures, claims, baselines and xdist GPU pinning build on this module (see the suites issue);
-for now it registers the options and markers so that ``pytest --help`` documents them and stays fast.
+Workers run cases and attach their numbers to the test report (``user_properties``: plain JSON strings and
+floats), so xdist carries them to the controller. Only the controller writes: each finished result is
+appended to ``results.jsonl`` the moment its report arrives (a crashed worker loses no finished result),
+baselines are rewritten under ``--giacheck-update[-all]``, and at the end come ``results.json`` and the
+summary table. Heavy imports (torch) happen inside the fixture, so ``pytest --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-__all__ = ["pytest_addoption", "pytest_configure"]
+from giacheck import claims
+from giacheck.baselines import BaselineStore
+from giacheck.errors import BaselineError
+from giacheck.jsonio import write_json_atomic
 
-MARKERS = {
-    "gia_case(case_id, **kwargs): the gradient-inversion case a test runs",
-    "gpu: needs a CUDA device; skipped with a reason on CPU-only machines",
+__all__ = ["GiaFixture", "pytest_addoption", "pytest_configure", "visible_gpus"]
+
+MARKERS = (
+    "gia_case(case_id): the gradient-inversion case a test runs (for selection with -m/-k and reports)",
+    "gpu: needs a CUDA device; skipped with a reason on machines without one",
     "slow: longer than a smoke-profile case",
-}
+)
+PROPERTY = "giacheck"  # user_properties key carrying one case's JSON payload
+
+
+@dataclass(frozen=True, slots=True)
+class _Opt:
+    name: str
+    help: str
+    default: Any
+    kind: str = "string"  # ini type
+
+
+OPTIONS = (
+    _Opt("profile", "attack budget: smoke (CPU, CI) or paper (GPU)", "smoke"),
+    _Opt("device", "torch device for attacks: cpu, cuda, cuda:N (default: cpu)", "cpu"),
+    _Opt("artifacts", "folder for per-case PNG/JSON and results.json", "giacheck-artifacts"),
+    _Opt("baselines", "root folder of recorded baselines", "baselines"),
+    _Opt("tolerance", "baseline tolerance on SSIM", "0.05"),
+    _Opt("gpus", "comma-separated GPU ids for xdist workers (default: CUDA_VISIBLE_DEVICES or all found)", ""),
+    _Opt("trials", "Optuna trials per tuned case (paper profile)", "0"),
+    _Opt("storage", "Optuna storage URL or journal file shared by machines", ""),
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("giacheck", "gradient-inversion privacy tests")
-    group.addoption("--giacheck-profile", dest="giacheck_profile", default=None,
-                    help="attack budget profile: smoke (CPU, default) or paper (GPU)")
-    parser.addini("giacheck_profile", "default attack budget profile", default="smoke")
-    group.addoption("--giacheck-device", dest="giacheck_device", default=None,
-                    help="torch device for attacks (default: cpu)")
-    parser.addini("giacheck_device", "default torch device for attacks", default="cpu")
+    for opt in OPTIONS:
+        group.addoption(f"--giacheck-{opt.name}", dest=f"giacheck_{opt.name}", default=None,
+                        help=f"{opt.help} (ini: giacheck_{opt.name})")
+        parser.addini(f"giacheck_{opt.name}", opt.help, default=opt.default)
+    group.addoption("--giacheck-update", action="store_true", dest="giacheck_update",
+                    help="rewrite the baselines of the cases run, and fail them (review the diff, then rerun)")
+    group.addoption("--giacheck-update-all", action="store_true", dest="giacheck_update_all",
+                    help="rewrite the baselines of the cases run, and pass")
+    group.addoption("--giacheck-oversubscribe", action="store_true", dest="giacheck_oversubscribe",
+                    help="allow more xdist workers than GPUs (workers share GPUs round-robin)")
+
+
+def option(config: pytest.Config, name: str) -> str:
+    """Option value with precedence CLI > ini > default."""
+    value = config.getoption(f"giacheck_{name}")
+    return value if value is not None else config.getini(f"giacheck_{name}")
+
+
+_CONTROLLER = pytest.StashKey["_Controller"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
+    profile = option(config, "profile")
+    if profile not in ("smoke", "paper"):
+        raise pytest.UsageError(f"--giacheck-profile={profile!r}: valid values are 'smoke' and 'paper'")
+    try:
+        float(option(config, "tolerance"))
+    except ValueError:
+        raise pytest.UsageError(f"--giacheck-tolerance={option(config, 'tolerance')!r} is not a number") from None
     _share_cpu_threads()
+    _pin_worker_gpu()
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        controller = _Controller(config)
+        config.stash[_CONTROLLER] = controller
+        config.pluginmanager.register(controller, "giacheck-controller")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(), "giacheck-xdist")
 
 
+# ------------------------------------------------------------------------------------------------ CPU and GPUs
 def _share_cpu_threads() -> None:
     """On an xdist worker, give torch its share of the cores: N workers × all cores each thrash the CPU.
 
@@ -50,7 +114,266 @@ def _share_cpu_threads() -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-def option(config: pytest.Config, name: str) -> str:
-    """Option value with precedence CLI > ini > default."""
-    value = config.getoption(f"giacheck_{name}")
-    return value if value is not None else config.getini(f"giacheck_{name}")
+def visible_gpus(config: pytest.Config | None = None) -> list[str]:
+    """GPU ids the run may use, without initializing CUDA: --giacheck-gpus, else CUDA_VISIBLE_DEVICES, else
+    NVML's device count, else ``nvidia-smi -L``; empty when there are none."""
+    explicit = option(config, "gpus") if config is not None else ""
+    if explicit:
+        return [g.strip() for g in explicit.split(",") if g.strip()]
+    outer = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if outer is not None:
+        return [g.strip() for g in outer.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=False).stdout
+        return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+    return []
+
+
+class _XdistHooks:
+    """Registered only when xdist is installed: one GPU per worker, set on the controller before workers start."""
+
+    @pytest.hookimpl
+    def pytest_xdist_auto_num_workers(self, config: pytest.Config) -> int | None:
+        gpus = visible_gpus(config)
+        return len(gpus) if gpus else None  # no GPU: xdist's own CPU count
+
+    @pytest.hookimpl
+    def pytest_xdist_setupnodes(self, config: pytest.Config, specs: list[Any]) -> None:
+        if option(config, "device") == "cpu" and not option(config, "gpus"):
+            return
+        gpus = visible_gpus(config)
+        if not gpus:
+            return
+        if len(specs) > len(gpus) and not config.getoption("giacheck_oversubscribe"):
+            raise pytest.UsageError(
+                f"{len(specs)} xdist workers but only {len(gpus)} GPUs ({','.join(gpus)}): use -n {len(gpus)} "
+                "(or -n auto), or pass --giacheck-oversubscribe to share GPUs round-robin")
+        for index, spec in enumerate(specs):  # spec.env survives a worker restart: the same spec is reused
+            spec.env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+            spec.env["GIACHECK_PINNED_GPU"] = gpus[index % len(gpus)]
+
+
+def _pin_worker_gpu() -> None:
+    """Worker-side fallback when the controller did not pin (e.g. an old xdist): gwN takes GPU N mod count."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or os.environ.get("GIACHECK_PINNED_GPU"):
+        return
+    gpus = visible_gpus(None)
+    if len(gpus) > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[int(worker[2:]) % len(gpus)]
+        os.environ["GIACHECK_PINNED_GPU"] = os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+# ------------------------------------------------------------------------------------------------ the fixture
+@dataclass
+class GiaFixture:
+    """Runs cases for one test and asserts claims plus the recorded baseline; returns :class:`Result` objects."""
+
+    config: pytest.Config
+    item: pytest.Item
+    cache: dict[str, Any]
+    suite: str
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def profile(self) -> str:
+        return option(self.config, "profile")
+
+    @property
+    def device(self) -> str:
+        return option(self.config, "device")
+
+    def run(self, case_id: str, **kwargs: Any):
+        """Run (or reuse, within this worker) one case under the session's profile and device."""
+        from giacheck.artifacts import save_result
+        from giacheck.runner import run_case
+
+        if self.profile == "paper" and self.device == "cpu":
+            pytest.skip("the paper profile needs a GPU: pass --giacheck-device cuda (profile 'smoke' runs on CPU)")
+        key = json.dumps([case_id, self.profile, self.device, sorted(kwargs.items())], default=str)
+        if key not in self.cache:
+            start = time.perf_counter()
+            result = run_case(case_id, profile=self.profile, device=self.device, **kwargs)
+            folder = Path(option(self.config, "artifacts")) / self.profile / self.suite
+            save_result(result, folder)
+            self.cache[key] = (result, time.perf_counter() - start)
+        return self.cache[key][0]
+
+    def feasible(self, case_id: str, *, min_ssim: float, **kwargs: Any):
+        result = self.run(case_id, **kwargs)
+        self._conclude(result, claims.feasible(case_id, result.ssim_mean, min_ssim=min_ssim), positive=True)
+        return result
+
+    def infeasible(self, case_id: str, *, max_ssim: float, control: str, control_min_ssim: float, **kwargs: Any):
+        """Fails as *inconclusive* when ``control`` does not reconstruct under the same budget."""
+        control_result = self.run(control, **kwargs)
+        control_claim = claims.feasible(control, control_result.ssim_mean, min_ssim=control_min_ssim)
+        result = self.run(case_id, **kwargs)
+        claim = claims.infeasible(case_id, result.ssim_mean, max_ssim=max_ssim, control=control_claim)
+        self._conclude(result, claim, positive=False)
+        return result
+
+    def ordering(self, high: str, low: str, *, margin: float, **kwargs: Any) -> claims.ClaimResult:
+        a, b = self.run(high, **kwargs), self.run(low, **kwargs)
+        claim = claims.ordering(high, a.ssim_mean, low, b.ssim_mean, margin=margin)
+        for result in (a, b):
+            self._record(result, claim, self._baseline(result, positive=False))
+        if not claim.passed:
+            self.failures.append(claim.message)
+        self._finish()
+        return claim
+
+    def regression(self, case_id: str, **kwargs: Any):
+        """No feasibility verdict at this budget (labelled so): only the baseline is checked."""
+        result = self.run(case_id, **kwargs)
+        self._conclude(result, claims.regression(case_id, result.ssim_mean), positive=False)
+        return result
+
+    # -- internals
+    def _conclude(self, result: Any, claim: claims.ClaimResult, *, positive: bool) -> None:
+        baseline = self._baseline(result, positive=positive)
+        self._record(result, claim, baseline)
+        if not claim.passed:
+            self.failures.append(claim.message)
+        self._finish()
+
+    def _baseline(self, result: Any, *, positive: bool) -> dict[str, Any]:
+        store = BaselineStore(option(self.config, "baselines"), self.profile)
+        path = store.path(self.suite, result.case_id)
+        try:
+            recorded = store.load(self.suite, result.case_id)
+        except BaselineError as exc:
+            self.failures.append(str(exc))
+            return {"status": "corrupt", "path": str(path)}
+        if self.config.getoption("giacheck_update") or self.config.getoption("giacheck_update_all"):
+            if not self.config.getoption("giacheck_update_all"):
+                self.failures.append(f"{result.case_id}: baseline rewritten at {path} (--giacheck-update); review "
+                                     "the diff and rerun without the flag")
+            return {"status": "updated", "path": str(path),
+                    "recorded": recorded["ssim"]["mean"] if recorded else None}
+        if recorded is None:
+            self.failures.append(f"{result.case_id}: no baseline recorded at {path}; record it with "
+                                 "--giacheck-update (or --giacheck-update-all) and commit the file")
+            return {"status": "missing", "path": str(path)}
+        check = claims.baseline_check(result.case_id, result.ssim_mean, recorded=recorded["ssim"]["mean"],
+                                      tolerance=float(option(self.config, "tolerance")), positive=positive)
+        if not check.passed:
+            self.failures.append(check.message)
+        return {"status": str(check.verdict), "path": str(path), "recorded": recorded["ssim"]["mean"]}
+
+    def _record(self, result: Any, claim: claims.ClaimResult, baseline: dict[str, Any]) -> None:
+        key = next(k for k, v in self.cache.items() if v[0] is result)
+        payload = {
+            "suite": self.suite, "case_id": result.case_id, "profile": self.profile, "claim": claim.kind,
+            "verdict": str(claim.verdict), "message": claim.message, "baseline": baseline,
+            "wall_s": self.cache[key][1], "nodeid": self.item.nodeid, "result": result.to_dict(),
+        }
+        self.item.user_properties.append((PROPERTY, json.dumps(payload, allow_nan=False)))
+        self.item.user_properties.append((f"ssim_mean[{result.case_id}]", result.ssim_mean))
+        self.item.user_properties.append((f"ssim_max[{result.case_id}]", result.ssim_max))
+
+    def _finish(self) -> None:
+        __tracebackhide__ = True
+        if self.failures:
+            messages, self.failures = self.failures, []
+            pytest.fail("\n".join(messages), pytrace=False)
+
+
+_CACHE = pytest.StashKey[dict]()
+
+
+@pytest.fixture
+def gia(request: pytest.FixtureRequest) -> GiaFixture:
+    """Run gradient-inversion cases and assert claims against recorded baselines."""
+    config = request.config
+    cache = config.stash.setdefault(_CACHE, {})
+    suite = Path(str(request.node.path)).stem
+    return GiaFixture(config=config, item=request.node, cache=cache, suite=suite)
+
+
+# ------------------------------------------------------------------------------------------------ controller
+class _Controller:
+    """Collects payloads from reports (local or from xdist workers), writes results and baselines."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.rows: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self.folder = Path(option(config, "artifacts"))
+        self.journal = self.folder / "results.jsonl"
+        self.started = False
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name != PROPERTY:
+                continue
+            payload = json.loads(value)
+            payload["outcome"] = report.outcome
+            self.rows.append(payload)
+            self._journal(payload)
+            if self.config.getoption("giacheck_update") or self.config.getoption("giacheck_update_all"):
+                self._write_baseline(payload)
+
+    def _journal(self, payload: dict[str, Any]) -> None:
+        """Append at once: whatever happens to workers later, finished results are on disk."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.started:
+            self.journal.write_text("")
+            self.started = True
+        with self.journal.open("a") as fh:
+            fh.write(json.dumps(payload, allow_nan=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _write_baseline(self, payload: dict[str, Any]) -> None:
+        store = BaselineStore(option(self.config, "baselines"), payload["profile"])
+        try:
+            store.write(payload["suite"], payload["case_id"], payload["result"])
+        except BaselineError as exc:
+            self.errors.append(str(exc))
+
+    @pytest.hookimpl
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.rows:
+            return
+        unique = {(r["suite"], r["case_id"]): r for r in self.rows}
+        write_json_atomic({"profile": option(self.config, "profile"), "cases": list(unique.values())},
+                          self.folder / "results.json")
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.rows:
+            return
+        tr = terminalreporter
+        tr.section("giacheck summary")
+        unique = {(r["suite"], r["case_id"]): r for r in self.rows}
+        header = f"{'case id':52} {'claim':12} {'SSIM mean':>9} {'max':>6} {'patch*':>6} {'baseline':>8} " \
+                 f"{'verdict':>12} {'wall s':>7}"
+        tr.write_line(header)
+        for row in unique.values():
+            res, base = row["result"], row["baseline"]
+            recorded = base.get("recorded")
+            verdict = row["verdict"] if row["outcome"] == "passed" or row["verdict"] != "pass" else "fail(base)"
+            if row["claim"] == "regression":
+                verdict = "regression" if row["outcome"] == "passed" else "fail(base)"
+            tr.write_line(
+                f"{row['case_id'][:52]:52} {row['claim']:12} {res['ssim']['mean']:9.3f} {res['ssim']['max']:6.3f} "
+                f"{res['secondary']['patch_matched_ssim']['mean']:6.3f} "
+                f"{(f'{recorded:.3f}' if recorded is not None else base['status']):>8} {verdict:>12} "
+                f"{row['wall_s']:7.1f}")
+        tr.write_line("* patch: secondary, permutation-tolerant SSIM (patches matched); claims use standard SSIM")
+        tr.write_line(f"results: {self.folder / 'results.json'}")
+        for error in self.errors:
+            tr.write_line(f"baseline not written: {error}", red=True)

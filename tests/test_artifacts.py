@@ -75,13 +75,12 @@ def test_json_failure_leaves_previous_content_and_no_temp_file(tmp_path: Path) -
 
 def test_json_interrupted_write_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Even a KeyboardInterrupt half-way through the dump leaves no partial target and no temp file."""
-    import giacheck.artifacts as artifacts
 
     def interrupted_dump(obj: object, fh, **kwargs: object) -> None:
         fh.write('{"partial": ')
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(artifacts.json, "dump", interrupted_dump)
+    monkeypatch.setattr(json, "dump", interrupted_dump)  # the json module the writer calls
     path = tmp_path / "result.json"
     with pytest.raises(KeyboardInterrupt):
         write_json_atomic({"ssim": 0.5}, path)

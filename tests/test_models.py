@@ -197,9 +197,6 @@ def test_overrides_of_unset_fields() -> None:
     assert get_entry("lenet_sigmoid", sizes=(32,)).check_resolution(36) is not None
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="bug: get_entry(name, **overrides) passes overrides next to fields the registered function "
-                          "sets itself, so overriding num_classes/mean/std/... raises TypeError 'multiple values'")
 def test_overrides_of_fields_the_entry_sets() -> None:
     assert get_entry("lenet_sigmoid", num_classes=100).num_classes == 100
 

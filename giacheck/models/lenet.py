@@ -18,6 +18,8 @@ class SigmoidLeNet(nn.Module):
             nn.Conv2d(12, 12, 5, padding=2, stride=1), nn.Sigmoid(),
         )
         self.fc = nn.Linear(12 * (resolution // 4) ** 2, num_classes)
+        for param in self.parameters():  # DLG's init: with PyTorch's default the update barely depends on x
+            nn.init.uniform_(param, -0.5, 0.5)
 
     def forward(self, x):
         return self.fc(self.body(x).flatten(1))

@@ -6,6 +6,7 @@ The function name is the registry key and its one-line docstring says what it is
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -109,10 +110,14 @@ def get_entry(name: str, **overrides: object) -> ModelEntry:
             f"unknown model {name!r}.{close_matches(name, _REGISTRY)} Valid names: {', '.join(sorted(_REGISTRY))}; "
             "or give 'package.module:function' returning a ModelEntry."
         )
-    entry = fn(**overrides)
+    entry = fn()
     if not isinstance(entry, ModelEntry):
         raise UnknownModelError(f"{name!r} returned {type(entry).__name__}, expected giacheck.models.ModelEntry")
-    return entry
+    try:
+        return dataclasses.replace(entry, **overrides)
+    except TypeError as exc:
+        valid = ", ".join(f.name for f in dataclasses.fields(ModelEntry))
+        raise InvalidCaseError(f"bad override for model {name!r}: {exc}; valid fields: {valid}") from None
 
 
 def build(name: str, resolution: int, *, num_classes: int | None = None, seed: int = 0,

@@ -1,0 +1,103 @@
+"""Claim kinds and their verdicts (DESIGN §6). Pure Python: no torch, so it is cheap to import and test.
+
+- ``feasible``: a positive control, SSIM at least a threshold;
+- ``infeasible``: SSIM at most a threshold, conclusive **only** when its paired positive control passed under
+  the same budget — otherwise *inconclusive*, which fails, never passes;
+- ``ordering``: one case leaks more than another by a margin;
+- ``baseline``: measured SSIM against the recorded value — one-sided for leakage (fails when SSIM rises above
+  recorded + tolerance); positive controls also fail when the attack got weaker (below recorded − tolerance).
+
+Messages read like a report: measured, threshold, recorded, tolerance, case id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["Verdict", "ClaimResult", "feasible", "infeasible", "ordering", "baseline_check", "regression"]
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimResult:
+    """The outcome of one claim; ``passed`` only for :attr:`Verdict.PASS`."""
+
+    kind: str
+    case_id: str
+    verdict: Verdict
+    measured: float
+    threshold: float | None
+    message: str
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict is Verdict.PASS
+
+
+def feasible(case_id: str, ssim: float, *, min_ssim: float) -> ClaimResult:
+    """A positive control: the attack reconstructs (SSIM ≥ ``min_ssim``)."""
+    ok = ssim >= min_ssim
+    return ClaimResult(
+        kind="feasible", case_id=case_id, verdict=Verdict.PASS if ok else Verdict.FAIL, measured=ssim,
+        threshold=min_ssim,
+        message=f"{case_id}: feasible claim {'holds' if ok else 'FAILS'} — measured SSIM {ssim:.3f} "
+                f"{'≥' if ok else '<'} threshold {min_ssim:.3f}",
+    )
+
+
+def infeasible(case_id: str, ssim: float, *, max_ssim: float, control: ClaimResult) -> ClaimResult:
+    """The attack fails (SSIM ≤ ``max_ssim``) — conclusive only if ``control`` (a feasible claim) passed."""
+    if control.kind != "feasible":
+        raise ValueError(f"the control of an infeasible claim must be a feasible claim, got {control.kind!r}")
+    if not control.passed:
+        return ClaimResult(
+            kind="infeasible", case_id=case_id, verdict=Verdict.INCONCLUSIVE, measured=ssim, threshold=max_ssim,
+            message=f"{case_id}: INCONCLUSIVE — measured SSIM {ssim:.3f}, but the paired positive control "
+                    f"{control.case_id} reached only {control.measured:.3f} < {control.threshold:.3f} under the "
+                    "same budget: an attack that reconstructs nothing proves nothing",
+        )
+    ok = ssim <= max_ssim
+    return ClaimResult(
+        kind="infeasible", case_id=case_id, verdict=Verdict.PASS if ok else Verdict.FAIL, measured=ssim,
+        threshold=max_ssim,
+        message=f"{case_id}: infeasible claim {'holds' if ok else 'FAILS'} — measured SSIM {ssim:.3f} "
+                f"{'≤' if ok else '>'} threshold {max_ssim:.3f} (control {control.case_id}: {control.measured:.3f})",
+    )
+
+
+def ordering(high_id: str, high: float, low_id: str, low: float, *, margin: float) -> ClaimResult:
+    """``high_id`` leaks more than ``low_id``: SSIM(high) ≥ SSIM(low) + ``margin``."""
+    ok = high >= low + margin
+    return ClaimResult(
+        kind="ordering", case_id=f"{high_id} > {low_id}", verdict=Verdict.PASS if ok else Verdict.FAIL,
+        measured=high - low, threshold=margin,
+        message=f"ordering {high_id} ({high:.3f}) > {low_id} ({low:.3f}) by ≥ {margin:.3f}: "
+                f"{'holds' if ok else 'FAILS'} (difference {high - low:+.3f})",
+    )
+
+
+def baseline_check(case_id: str, ssim: float, *, recorded: float, tolerance: float, positive: bool) -> ClaimResult:
+    """Compare with the recorded SSIM: leakage may not rise; a positive control may not weaken either."""
+    if ssim > recorded + tolerance:
+        verdict, what = Verdict.FAIL, "LEAKAGE ROSE above the recorded baseline"
+    elif positive and ssim < recorded - tolerance:
+        verdict, what = Verdict.FAIL, "the positive control GOT WEAKER than recorded (the attack regressed)"
+    else:
+        verdict, what = Verdict.PASS, "within the recorded baseline"
+    return ClaimResult(
+        kind="baseline", case_id=case_id, verdict=verdict, measured=ssim, threshold=recorded,
+        message=f"{case_id}: {what} — measured SSIM {ssim:.3f}, recorded {recorded:.3f}, tolerance {tolerance:.3f}"
+                f"{' (two-sided: positive control)' if positive else ' (one-sided)'}",
+    )
+
+
+def regression(case_id: str, ssim: float) -> ClaimResult:
+    """A pipeline regression: no feasibility verdict at this budget; only the baseline check applies."""
+    return ClaimResult(kind="regression", case_id=case_id, verdict=Verdict.PASS, measured=ssim, threshold=None,
+                       message=f"{case_id}: pipeline regression only (no verdict at this budget), SSIM {ssim:.3f}")
