@@ -95,8 +95,6 @@ def pytest_configure(config: pytest.Config) -> None:
         controller = _Controller(config)
         config.stash[_CONTROLLER] = controller
         config.pluginmanager.register(controller, "giacheck-controller")
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_XdistHooks(), "giacheck-xdist")
 
 
 # ------------------------------------------------------------------------------------------------ CPU and GPUs
@@ -140,28 +138,29 @@ def visible_gpus(config: pytest.Config | None = None) -> list[str]:
     return []
 
 
-class _XdistHooks:
-    """Registered only when xdist is installed: one GPU per worker, set on the controller before workers start."""
+# xdist hooks: optional (no error without xdist); auto_num_workers runs before pytest_configure, so module level.
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` = the number of GPUs (counted without initializing CUDA); none found: xdist's CPU count."""
+    gpus = visible_gpus(config)
+    return len(gpus) if gpus else None
 
-    @pytest.hookimpl
-    def pytest_xdist_auto_num_workers(self, config: pytest.Config) -> int | None:
-        gpus = visible_gpus(config)
-        return len(gpus) if gpus else None  # no GPU: xdist's own CPU count
 
-    @pytest.hookimpl
-    def pytest_xdist_setupnodes(self, config: pytest.Config, specs: list[Any]) -> None:
-        if option(config, "device") == "cpu" and not option(config, "gpus"):
-            return
-        gpus = visible_gpus(config)
-        if not gpus:
-            return
-        if len(specs) > len(gpus) and not config.getoption("giacheck_oversubscribe"):
-            raise pytest.UsageError(
-                f"{len(specs)} xdist workers but only {len(gpus)} GPUs ({','.join(gpus)}): use -n {len(gpus)} "
-                "(or -n auto), or pass --giacheck-oversubscribe to share GPUs round-robin")
-        for index, spec in enumerate(specs):  # spec.env survives a worker restart: the same spec is reused
-            spec.env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-            spec.env["GIACHECK_PINNED_GPU"] = gpus[index % len(gpus)]
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config: pytest.Config, specs: list[Any]) -> None:
+    """One GPU per worker, set on the controller before workers start (before their conftests import torch)."""
+    if option(config, "device") == "cpu" and not option(config, "gpus"):
+        return
+    gpus = visible_gpus(config)
+    if not gpus:
+        return
+    if len(specs) > len(gpus) and not config.getoption("giacheck_oversubscribe"):
+        raise pytest.UsageError(
+            f"{len(specs)} xdist workers but only {len(gpus)} GPUs ({','.join(gpus)}): use -n {len(gpus)} "
+            "(or -n auto), or pass --giacheck-oversubscribe to share GPUs round-robin")
+    for index, spec in enumerate(specs):  # spec.env survives a worker restart: the same spec is reused
+        spec.env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        spec.env["GIACHECK_PINNED_GPU"] = gpus[index % len(gpus)]
 
 
 def _pin_worker_gpu() -> None:
@@ -316,6 +315,8 @@ class _Controller:
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":  # teardown reports carry the same user_properties again
+            return
         for name, value in report.user_properties:
             if name != PROPERTY:
                 continue
