@@ -26,8 +26,9 @@ from giacheck.attack.bnstats import elements_per_channel
 from giacheck.attack.objective import Replica
 from giacheck.client import simulate_update
 from giacheck.data import disjoint_pool, open_source, select_batch
-from giacheck.errors import GiacheckError
+from giacheck.errors import DatasetError, GiacheckError
 from giacheck.models import build, get_entry
+from giacheck.models.yolo import annotated_images, detection_targets
 from giacheck.specs import AttackSpec, Case, LabelKnowledge, Selection, StatsAccess, get_profile
 from giacheck.validation import check_case
 
@@ -132,9 +133,15 @@ def run_case(
     source = open_source(data, num_classes=entry.num_classes)
     check_case(case, entry=entry, source=source)
     torch_device = _device(device)
-    client_batch = select_batch(source, batch_size=case.client.batch_size, size=case.model.resolution)
+    detection = entry.task == "detection"
+    if detection:  # boxes are labels the attacker knows (DESIGN §4); only annotated images can be used
+        client_batch = _annotated_batch(source, case.client.batch_size, case.model.resolution)
+        spec = dataclasses.replace(spec, batched_restarts=False)  # the loss's target assignment does not vmap
+    else:
+        client_batch = select_batch(source, batch_size=case.client.batch_size, size=case.model.resolution)
     model = build(case.model.name, case.model.resolution, seed=seed).to(torch_device)
-    images, labels = client_batch.images.to(torch_device), client_batch.labels.to(torch_device)
+    images = client_batch.images.to(torch_device)
+    labels = detection_targets(client_batch.names, torch_device) if detection else client_batch.labels.to(torch_device)
     t_build = time.perf_counter()
 
     update = simulate_update(model, images, labels, case.client)
@@ -210,6 +217,16 @@ def controlled_init(images: torch.Tensor, p: float, *, restarts: int, seed: int)
     mask = (torch.rand(r, b, 1, h, w, generator=gen) < p).expand_as(out)
     noise = torch.rand(out.shape, generator=gen)
     return torch.where(mask, noise, out)
+
+
+def _annotated_batch(source, batch_size: int, size: int):
+    """The first ``batch_size`` images of ``source`` that have box annotations (detection cases)."""
+    annotated = annotated_images()
+    indices = [i for i in range(len(source)) if source.image_name(i) in annotated][:batch_size]
+    if len(indices) < batch_size:
+        raise DatasetError(f"a detection case with batch size {batch_size} needs that many images with box "
+                           f"annotations; {source.name} has {len(indices)} ({', '.join(sorted(annotated))})")
+    return source.batch(indices, size)
 
 
 def _proxy_stats(model, update, labels, source, client_names, case, spec, threat):

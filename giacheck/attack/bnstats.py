@@ -45,7 +45,8 @@ def norm_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def _channel_stats(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance per channel: dim 1 for BatchNorm, the last dim for LayerNorm."""
-    channel_dim = x.dim() - 1 if isinstance(module, nn.LayerNorm) else 1
+    channels_last = isinstance(module, nn.LayerNorm) and type(module).__name__ != "LayerNorm2d"  # timm's is NCHW
+    channel_dim = x.dim() - 1 if channels_last else 1
     dims = [d for d in range(x.dim()) if d != channel_dim]
     var, mean = torch.var_mean(x, dim=dims, correction=0)
     return mean, var

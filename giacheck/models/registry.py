@@ -110,7 +110,11 @@ def get_entry(name: str, **overrides: object) -> ModelEntry:
             f"unknown model {name!r}.{close_matches(name, _REGISTRY)} Valid names: {', '.join(sorted(_REGISTRY))}; "
             "or give 'package.module:function' returning a ModelEntry."
         )
-    entry = fn()
+    try:
+        entry = fn()
+    except TypeError as exc:
+        raise UnknownModelError(f"{name!r} cannot be called without arguments ({exc}); a model factory takes "
+                                "no required arguments and returns a giacheck.models.ModelEntry") from None
     if not isinstance(entry, ModelEntry):
         raise UnknownModelError(f"{name!r} returned {type(entry).__name__}, expected giacheck.models.ModelEntry")
     try:

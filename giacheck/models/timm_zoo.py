@@ -10,6 +10,10 @@ Three forms per architecture (paper §4.5, §5.2, §5.3):
   stage at 1x1, so the only partition size that fits is 1, where block and grid attention attend to a single
   token each: that is a different (attention-free) network, not "the canonical model fed small images".
 
+``maxvit_t_cifar`` is timm's model built for 64x64 (partition = img_size // 32 = 2, the partition size of the
+paper's code) with a stride-1 stem, fed 32x32: its stages run at 16/8/4/2 px, so 2 is also the largest partition
+that divides every stage (4 fails at the 2x2 stage), and no partition override is offered.
+
 Every model is built with ``pretrained=False`` (never a download), ``drop_rate=0``, ``drop_path_rate=0`` (Swin
 defaults to 0.1) and fused attention off on every module: the fused SDPA kernels do not support the double
 backward the attack needs (DESIGN §9). ResNets keep ``zero_init_last=False`` (see ``resnets.py``).
@@ -186,9 +190,7 @@ def maxvit_t_cifar(**overrides: object) -> ModelEntry:
         factory=_timm_factory("maxvit_tiny_tf_224", adapt=_maxvit_stride1_stem, img_size=64),
         default_size=32, num_classes=10, sizes=(32,), mean=CIFAR10_MEAN, std=CIFAR10_STD,
         norm_kinds=("BatchNorm2d", "LayerNorm2d", "LayerNorm"), has_batchnorm=True,
-        description="MaxViT-T, stride-1 stem, block/grid partition 2 (the paper code's size; stages 16/8/4/2 px, "
-                    "so 2 is the largest partition that divides every stage)",
-        **overrides,
+        description="MaxViT-T, stride-1 stem, block/grid partition 2 (as the paper's code)", **overrides,
     )
 
 
@@ -256,7 +258,8 @@ def resnet18_lowres_unadapted(**overrides: object) -> ModelEntry:
         factory=_timm_factory("resnet18", zero_init_last=False),
         default_size=32, num_classes=10, size_multiple=32, min_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD,
         norm_kinds=("BatchNorm2d",), has_batchnorm=True,
-        description="post-activation ResNet-18, ImageNet stem, fed 32x32 without adaptation", **overrides,
+        description="post-activation ResNet-18, ImageNet stem, fed 32x32 without adaptation (last stage 1x1: "
+                    "train-mode BN needs batch >= 2)", **overrides,
     )
 
 
@@ -268,5 +271,6 @@ def resnet18_preact_lowres_unadapted(**overrides: object) -> ModelEntry:
         factory=_timm_factory("resnetv2_18", zero_init_last=False),
         default_size=32, num_classes=10, size_multiple=32, min_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD,
         norm_kinds=("BatchNorm2d",), has_batchnorm=True,
-        description="pre-activation ResNet-18 (v2), ImageNet stem, fed 32x32 without adaptation", **overrides,
+        description="pre-activation ResNet-18 (v2), ImageNet stem, fed 32x32 without adaptation (last stage 1x1: "
+                    "train-mode BN needs batch >= 2)", **overrides,
     )

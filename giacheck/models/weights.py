@@ -98,10 +98,15 @@ def read_state_dict(path: str | os.PathLike[str], *, trust_pickle: bool = False)
         obj = torch.load(file, map_location="cpu", weights_only=True)
         fmt = "torch"
     except pickle.UnpicklingError as exc:
+        reason = _weights_only_reason(exc)
+        if "global" not in reason.lower():  # not an object the allow-list refused: a corrupt or foreign file
+            raise WeightsError(f"cannot read weights file {str(path)!r}: torch.load(weights_only=True) failed "
+                               f"({reason}); is it a torch.save file, or a .safetensors file with another suffix?"
+                               ) from None
         if not trust_pickle:
             raise WeightsError(
                 f"weights file {str(path)!r} needs arbitrary pickled objects, which can run code when loaded "
-                f"(torch.load(weights_only=True) refused it: {str(exc).splitlines()[0]}). Save a state dict instead "
+                f"(torch.load(weights_only=True) refused it: {reason}). Save a state dict instead "
                 "(torch.save(model.state_dict(), ...) or safetensors), or pass trust_pickle=True if you trust the file."
             ) from None
         obj = _load_pickle(file)
@@ -110,6 +115,13 @@ def read_state_dict(path: str | os.PathLike[str], *, trust_pickle: bool = False)
         raise WeightsError(f"cannot read weights file {str(path)!r} with torch.load: {type(exc).__name__}: {exc}; "
                            "is it a torch.save file or a .safetensors file with another suffix?") from exc
     return _as_state_dict(obj, path), fmt
+
+
+def _weights_only_reason(exc: pickle.UnpicklingError) -> str:
+    """The line of torch's long weights-only message that says what it refused (an unsupported global/operand)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line for line in lines if "Unsupported" in line), lines[0] if lines else type(exc).__name__)
+    return reason.split(" Please use")[0]  # drop torch's advice to allow-list the class
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:

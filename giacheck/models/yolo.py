@@ -12,6 +12,15 @@ mode, and a forward hook keeps only ``raw``. BatchNorm follows the client's mode
 statistics) while the loss always sees the training-format predictions, so an eval-mode client and the attacker's
 eval-mode replica compute the real training loss. The loss is ultralytics' ``v8DetectionLoss`` summed over its
 (box, cls, dfl) vector — the scalar the ultralytics trainer backpropagates (it scales with the batch size).
+Restarts cannot be ``vmap``-ed: the loss's target assigner uses ``nonzero`` (a data-dependent shape); run them in
+a loop (``AttackSpec(batched_restarts=False)``). ``torch.func.grad`` and autograd double backward both work.
+
+Random initialization and eval-mode BatchNorm do not mix here: ultralytics keeps PyTorch's default conv init, and
+with running statistics still (0, 1) the activations shrink ~10x per stage (std ~1e-9 at P5 for ``yolov8n`` at
+256 px), so the head's output — and the client's update — do not depend on the image: ``1 − cos`` between the
+update of ``bus`` and that of a random or a gray image is ~1e-7 (float32 noise) for ``yolov8n`` and
+``yolov8n_preact``, ~1e-4 for ``yolov8n_basicblock``. An eval-mode case on an untrained YOLO is vacuous; give it
+trained weights or calibrated running statistics. Train mode is unaffected (``1 − cos`` ≈ 1 for other images).
 
 Ground-truth boxes for the bundled ``bus`` and ``zidane`` images live in ``giacheck/assets/boxes.json``
 (hand-annotated, normalized xywh in the original image, COCO class ids); :func:`detection_targets` maps them
@@ -47,6 +56,7 @@ from giacheck.models.registry import ModelEntry, register_model
 
 __all__ = [
     "YOLO_STRIDES",
+    "AnnotatedImage",
     "BasicBlock",
     "DetectionLoss",
     "PreActConv",
@@ -143,8 +153,9 @@ def _check_targets(targets: Mapping[str, torch.Tensor], *, num_classes: int) -> 
                                "(giacheck.models.yolo.detection_targets builds one for bundled images)")
     n = targets["batch_idx"].numel()
     if targets["cls"].numel() != n or tuple(targets["bboxes"].shape) != (n, 4):
-        raise InvalidCaseError(f"detection targets must be {expected}; got batch_idx {tuple(targets['batch_idx'].shape)}"
-                               f", cls {tuple(targets['cls'].shape)}, bboxes {tuple(targets['bboxes'].shape)}")
+        shapes = {k: tuple(targets[k].shape) for k in ("batch_idx", "cls", "bboxes")}
+        raise InvalidCaseError(f"detection targets must be {expected}; got batch_idx {shapes['batch_idx']}, "
+                               f"cls {shapes['cls']}, bboxes {shapes['bboxes']}")
     if n and int(targets["cls"].max()) >= num_classes:
         raise InvalidCaseError(f"detection targets hold class id {int(targets['cls'].max())}, but the model has "
                                f"{num_classes} classes (valid ids: 0..{num_classes - 1})")
@@ -196,6 +207,14 @@ class BasicBlock(nn.Module):
 def _raw_head_output(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     """Forward hook on ``Detect``: keep the raw training-format predictions in eval mode too."""
     return output[1] if isinstance(output, tuple) else output
+
+
+def _check_input_size(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook on the DetectionModel: inputs must be multiples of the largest stride."""
+    x = args[0]
+    if isinstance(x, torch.Tensor) and (x.shape[-2] % 32 or x.shape[-1] % 32):
+        raise InvalidCaseError(f"YOLO inputs must have height and width that are multiples of 32 (the P5 stride), "
+                               f"got {tuple(x.shape[-2:])}; resize the images (e.g. to 256 or 640)")
 
 
 def _replace(parent: nn.Module, name: str, old: nn.Module, new: nn.Module) -> None:
@@ -255,6 +274,7 @@ def _yolo_factory(variant: str):
         _fixed_parameters_to_buffers(net)
         net.args = get_cfg(DEFAULT_CFG)  # ultralytics' own model.loss() reads the loss gains from here
         net.model[-1].register_forward_hook(_raw_head_output)
+        net.register_forward_pre_hook(_check_input_size)
         return net
 
     return factory
