@@ -71,8 +71,19 @@ def infeasible(case_id: str, ssim: float, *, max_ssim: float, control: ClaimResu
     )
 
 
-def ordering(high_id: str, high: float, low_id: str, low: float, *, margin: float) -> ClaimResult:
-    """``high_id`` leaks more than ``low_id``: SSIM(high) ≥ SSIM(low) + ``margin``."""
+def ordering(high_id: str, high: float, low_id: str, low: float, *, margin: float,
+             min_high: float = 0.0) -> ClaimResult:
+    """``high_id`` leaks more than ``low_id``: SSIM(high) ≥ SSIM(low) + ``margin``.
+
+    Two failed reconstructions compare noise: when SSIM(high) < ``min_high`` the ordering is *inconclusive*.
+    """
+    if high < min_high:
+        return ClaimResult(
+            kind="ordering", case_id=f"{high_id} > {low_id}", verdict=Verdict.INCONCLUSIVE, measured=high - low,
+            threshold=margin,
+            message=f"ordering {high_id} ({high:.3f}) > {low_id} ({low:.3f}): INCONCLUSIVE — the higher side "
+                    f"reconstructs nothing (SSIM {high:.3f} < {min_high:.3f}); comparing two failures compares noise",
+        )
     ok = high >= low + margin
     return ClaimResult(
         kind="ordering", case_id=f"{high_id} > {low_id}", verdict=Verdict.PASS if ok else Verdict.FAIL,

@@ -193,6 +193,11 @@ class GiaFixture:
     def device(self) -> str:
         return option(self.config, "device")
 
+    def require_profile(self, profile: str, why: str) -> None:
+        """Skip with a reason naming the profile this claim needs (e.g. canonical resolutions need ``paper``)."""
+        if self.profile != profile:
+            pytest.skip(f"needs the {profile!r} profile: {why}")
+
     def run(self, case_id: str, **kwargs: Any):
         """Run (or reuse, within this worker) one case under the session's profile and device."""
         from giacheck.artifacts import save_result
@@ -223,9 +228,11 @@ class GiaFixture:
         self._conclude(result, claim, positive=False)
         return result
 
-    def ordering(self, high: str, low: str, *, margin: float, **kwargs: Any) -> claims.ClaimResult:
+    def ordering(self, high: str, low: str, *, margin: float, min_high: float = 0.0,
+                 **kwargs: Any) -> claims.ClaimResult:
+        """``high`` leaks more than ``low`` by ``margin``; inconclusive when ``high`` is below ``min_high``."""
         a, b = self.run(high, **kwargs), self.run(low, **kwargs)
-        claim = claims.ordering(high, a.ssim_mean, low, b.ssim_mean, margin=margin)
+        claim = claims.ordering(high, a.ssim_mean, low, b.ssim_mean, margin=margin, min_high=min_high)
         for result in (a, b):
             self._record(result, claim, self._baseline(result, positive=False))
         if not claim.passed:

@@ -9,15 +9,17 @@ same budget) reconstructs (DESIGN §6).
 
 from __future__ import annotations
 
-CONTROL = "resnet18_cifar-32-bn_eval-bs1-stats_none"
-FEASIBLE = 0.6  # SSIM a reconstruction must reach to count as leakage
-INFEASIBLE = 0.3  # SSIM below which nothing recognizable is left
+from _claims import CONTROL_32, FEASIBLE, INFEASIBLE
 
 
 def test_post_act_inference_mode_update_is_feasible(gia) -> None:
-    gia.feasible(CONTROL, min_ssim=FEASIBLE)
+    gia.feasible(CONTROL_32, min_ssim=FEASIBLE)
 
 
 def test_post_act_training_mode_update_is_infeasible(gia) -> None:
-    gia.infeasible("resnet18_cifar-32-bn_train-bs1-stats_none", max_ssim=INFEASIBLE, control=CONTROL,
+    gia.infeasible("resnet18_cifar-32-bn_train-bs1-stats_none", max_ssim=INFEASIBLE, control=CONTROL_32,
                    control_min_ssim=FEASIBLE)
+
+
+def test_pre_act_training_mode_update_is_feasible(gia) -> None:
+    gia.feasible("resnet18_preact_cifar-32-bn_train-bs1-stats_exact", min_ssim=FEASIBLE)
