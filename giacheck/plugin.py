@@ -383,5 +383,13 @@ class _Controller:
                 f"{row['wall_s']:7.1f}")
         tr.write_line("* patch: secondary, permutation-tolerant SSIM (patches matched); claims use standard SSIM")
         tr.write_line(f"results: {self.folder / 'results.json'}")
+        self._report_orphans(tr, unique)
         for error in self.errors:
             tr.write_line(f"baseline not written: {error}", red=True)
+
+    def _report_orphans(self, tr: Any, unique: dict[tuple[str, str], dict[str, Any]]) -> None:
+        """Baselines of the suites run whose case did not run: orphaned if the case is gone (or deselected)."""
+        store = BaselineStore(option(self.config, "baselines"), option(self.config, "profile"))
+        for suite in sorted({s for s, _ in unique}):
+            for path in store.orphans(suite, [c for s, c in unique if s == suite]):
+                tr.write_line(f"baseline without a case in this run (orphaned, or deselected): {path}")

@@ -20,6 +20,7 @@ from torch.func import grad, vmap
 from giacheck.attack.bnstats import NormTarget
 from giacheck.attack.objective import Replica
 from giacheck.client import ClientUpdate
+from giacheck.errors import InvalidCaseError
 from giacheck.specs import AttackSpec
 
 __all__ = ["Reconstruction", "invert", "lr_milestones"]
@@ -81,7 +82,7 @@ def invert(
         gen = torch.Generator(device="cpu").manual_seed(seed)
         init = torch.rand(shape, generator=gen)
     elif tuple(init.shape) != shape:
-        raise ValueError(f"init has shape {tuple(init.shape)}, expected (restarts, B, C, H, W) = {shape}")
+        raise InvalidCaseError(f"init has shape {tuple(init.shape)}, expected (restarts, B, C, H, W) = {shape}")
     x = init.to(device).clone().requires_grad_(True)
     step_fn = _step_function(replica, spec, stats)
     opt = torch.optim.Adam([x], lr=spec.lr)
