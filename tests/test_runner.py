@@ -275,3 +275,11 @@ def test_controlled_init_replaces_whole_pixels() -> None:
     assert 0.35 < float(replaced.float().mean()) < 0.65
     assert not torch.equal(init[0], init[1])  # restarts start from different noise
     assert torch.equal(init, controlled_init(images, 0.5, restarts=3, seed=0))
+
+
+def test_detection_case_runs_end_to_end_with_box_targets() -> None:
+    """YOLO cases take annotated bundled images and their boxes as the known labels."""
+    result = run_case("yolov8n-64-bn_train-bs1-stats_none", attack=AttackSpec(iterations=2, restarts=2))
+    assert result.manifest["images"] == ("bus",)
+    assert 0.0 <= result.ssim_mean <= 1.0
+    assert result.attack["batched"] is False  # the detection loss's target assignment does not vmap

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ class Reconstruction:
     grad_distance: tuple[float, ...]  # final 1 − cos per restart
     selected: int
     curve: torch.Tensor  # (iterations, R) objective per iteration
-    labels: torch.Tensor
+    labels: Any  # class labels (B,) or detection targets (dict of tensors)
     batched: bool
     iterations: int
     seconds: float
@@ -56,7 +57,7 @@ def invert(
     model: nn.Module,
     update: ClientUpdate,
     *,
-    labels: torch.Tensor,
+    labels: Any,
     spec: AttackSpec,
     stats: NormTarget | None = None,
     init: torch.Tensor | None = None,
@@ -76,7 +77,7 @@ def invert(
         log_every: log progress every this many iterations (0: never).
     """
     device = next(model.parameters()).device
-    replica = Replica(model, update, labels.to(device))
+    replica = Replica(model, update, _to_device(labels, device))
     shape = (spec.restarts, *update.input_shape)
     if init is None:
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -108,11 +109,18 @@ def invert(
         grad_distance=tuple(dist.tolist()),
         selected=min(range(len(final_list)), key=final_list.__getitem__),
         curve=curve.cpu(),
-        labels=labels.cpu(),
+        labels=_to_device(labels, torch.device("cpu")),
         batched=_batched(spec),
         iterations=spec.iterations,
         seconds=seconds,
     )
+
+
+def _to_device(labels: Any, device: torch.device) -> Any:
+    """Class labels (a tensor) or detection targets (a dict of tensors) on ``device``."""
+    if isinstance(labels, dict):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in labels.items()}
+    return labels.to(device)
 
 
 def _batched(spec: AttackSpec) -> bool:

@@ -33,7 +33,7 @@ def select_proxy_stats(replica: Replica, aux_images: torch.Tensor) -> ProxyChoic
     if aux_images.shape[0] < batch or aux_images.shape[0] % batch:
         raise InvalidCaseError(f"proxy statistics need K·B auxiliary images (B={batch}), got {aux_images.shape[0]}")
     recorder = NormStatsRecorder(replica.norms)
-    device = replica.labels.device
+    device = next(replica.net.parameters()).device
     best: tuple[float, int, NormTarget] | None = None
     distances = []
     for k, candidate in enumerate(aux_images.split(batch)):
