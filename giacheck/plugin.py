@@ -223,7 +223,7 @@ class GiaFixture:
         """Fails as *inconclusive* when ``control`` does not reconstruct under the same budget."""
         control_result = self.run(control, **kwargs)
         control_claim = claims.feasible(control, control_result.ssim_mean, min_ssim=control_min_ssim)
-        result = self.run(case_id, **kwargs)
+        result = self.run(case_id, **{**kwargs, **self._tuned(case_id, kwargs)})
         claim = claims.infeasible(case_id, result.ssim_mean, max_ssim=max_ssim, control=control_claim)
         self._conclude(result, claim, positive=False)
         return result
@@ -245,6 +245,19 @@ class GiaFixture:
         result = self.run(case_id, **kwargs)
         self._conclude(result, claims.regression(case_id, result.ssim_mean), positive=False)
         return result
+
+    def _tuned(self, case_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """With ``--giacheck-trials N`` a negative claim is tested after tuning the attack (Appendix A):
+        Optuna TPE over λ_TV, λ_BN and lr, selected by the attack's own gradient distance (no ground truth)."""
+        trials = int(option(self.config, "trials") or 0)
+        if trials < 1 or "attack" in kwargs:
+            return {}
+        from giacheck.tuning import tune
+
+        tuned = tune(case_id, profile=self.profile, trials=trials, device=self.device,
+                     storage=option(self.config, "storage") or None)
+        self.item.user_properties.append((f"tuning[{case_id}]", json.dumps(tuned.to_dict(), allow_nan=False)))
+        return {"attack": tuned.best_attack}
 
     # -- internals
     def _conclude(self, result: Any, claim: claims.ClaimResult, *, positive: bool) -> None:
