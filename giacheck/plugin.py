@@ -89,21 +89,22 @@ def pytest_configure(config: pytest.Config) -> None:
         float(option(config, "tolerance"))
     except ValueError:
         raise pytest.UsageError(f"--giacheck-tolerance={option(config, 'tolerance')!r} is not a number") from None
-    _share_cpu_threads()
-    _pin_worker_gpu()
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    worker = getattr(config, "workerinput", None)  # set by xdist on workers only (env vars leak into pytester)
+    if worker is not None:
+        _share_cpu_threads(int(worker.get("workercount", 1)))
+        _pin_worker_gpu(str(worker.get("workerid", "")))
+    else:
         controller = _Controller(config)
         config.stash[_CONTROLLER] = controller
         config.pluginmanager.register(controller, "giacheck-controller")
 
 
 # ------------------------------------------------------------------------------------------------ CPU and GPUs
-def _share_cpu_threads() -> None:
+def _share_cpu_threads(workers: int) -> None:
     """On an xdist worker, give torch its share of the cores: N workers × all cores each thrash the CPU.
 
     Set before torch is imported (the plugin loads first), so OpenMP reads it; an explicit OMP_NUM_THREADS wins.
     """
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if workers < 1 or "OMP_NUM_THREADS" in os.environ:
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -163,9 +164,8 @@ def pytest_xdist_setupnodes(config: pytest.Config, specs: list[Any]) -> None:
         spec.env["GIACHECK_PINNED_GPU"] = gpus[index % len(gpus)]
 
 
-def _pin_worker_gpu() -> None:
+def _pin_worker_gpu(worker: str) -> None:
     """Worker-side fallback when the controller did not pin (e.g. an old xdist): gwN takes GPU N mod count."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not worker.startswith("gw") or os.environ.get("GIACHECK_PINNED_GPU"):
         return
     gpus = visible_gpus(None)

@@ -46,7 +46,7 @@ def test_fedavg_signal_is_sign_flipped(models) -> None:
     grad = simulate_update(models["lenet_sigmoid"], images, labels, ClientSpec())
     delta = simulate_update(models["lenet_sigmoid"], images, labels,
                             ClientSpec(update=UpdateKind.FEDAVG, local_steps=1, local_lr=0.1))
-    torch.testing.assert_close(classifier_tensor(delta, 10), 0.1 * classifier_tensor(grad, 10), rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(classifier_tensor(delta, 10), 0.1 * classifier_tensor(grad, 10), rtol=1e-4, atol=1e-6)
     assert int(torch.argmin(classifier_tensor(grad, 10))) == 4
 
 
@@ -64,7 +64,9 @@ def test_classifier_falls_back_to_weight_row_sums(models) -> None:
 # bs 2/4/8; resnet18_cifar in eval mode (random init, running stats 0/1) puts most of the softmax mass on one
 # class for every image, so that class's entry turns positive once it is someone's label among >= 3 images:
 # 8/8 seeds exact at bs2, at bs4 5/8 exact and 3/4 of labels right otherwise, at bs8 7/8 labels right.
-EXACT_BATCH = [("resnet18_cifar", BNMode.TRAIN), ("lenet_sigmoid", BNMode.EVAL), ("lenet_sigmoid", BNMode.TRAIN)]
+# lenet_sigmoid with DLG's init (weights uniform ±0.5: saturated sigmoids) is exact at bs1 only: at bs4 3 of 4
+# labels right, at bs8 6 of 8 on these seeds — the count heuristic is a heuristic.
+EXACT_BATCH = [("resnet18_cifar", BNMode.TRAIN)]
 
 
 def _distinct_batch(batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
