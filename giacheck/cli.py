@@ -1,4 +1,4 @@
-"""The ``giacheck`` command: ``run`` one case, ``bench`` the attack, list ``models``."""
+"""The ``giacheck`` command: ``run`` one case, ``bench`` the attack, list ``models``, merge results (``report``)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list registered models with their metadata")
     models.add_argument("--json", action="store_true")
+
+    report = sub.add_parser("report", help="merge results of runs, workers or machines into report.html and report.md")
+    report.add_argument("results", nargs="+", type=Path,
+                        help="suite results.json / results.jsonl, `giacheck run --out` JSONs, or folders holding them; "
+                             "for the same case, later ones win")
+    report.add_argument("--out", type=Path, required=True,
+                        help="folder for report.html, report.md and plots: new, empty, or a previous report")
     return parser
 
 
@@ -108,12 +115,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from giacheck.report import load_results, write_report
+
+    for path in write_report(load_results(args.results), args.out).values():
+        print(path)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``giacheck`` console script; a :class:`GiacheckError` exits 2 with its message."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    commands = {"run": _cmd_run, "bench": _cmd_bench, "models": _cmd_models}
+    commands = {"run": _cmd_run, "bench": _cmd_bench, "models": _cmd_models, "report": _cmd_report}
     try:
         return commands[args.command](args)
     except GiacheckError as exc:
