@@ -29,8 +29,13 @@ def test_adapted_convnext_infeasible(gia) -> None:
                    control_min_ssim=FEASIBLE)
 
 
+MAXVIT_NOT_REPRODUCED = pytest.mark.xfail(strict=True, reason=(
+    "not reproduced (CPU, smoke budget, giacheck run): maxvit_t_cifar (stride-1 stem, partition 2 as in the "
+    "paper's code) eval bs1 reaches SSIM 0.760 (patch-matched 0.722, 1-cos 0.0014) — a clear reconstruction"))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["vit_b16_cifar", "maxvit_t_cifar"])
+@pytest.mark.parametrize("model", ["vit_b16_cifar", pytest.param("maxvit_t_cifar", marks=MAXVIT_NOT_REPRODUCED)])
 def test_adapted_vit_and_maxvit_infeasible(gia, model: str) -> None:
     gia.require_profile("paper", f"{model} costs 0.75-1.3 s per attack iteration on a CPU")
     gia.infeasible(f"{model}-32-bn_eval-bs1-stats_none", max_ssim=INFEASIBLE, control=CONTROL_32,
