@@ -51,6 +51,8 @@ OPTIONS = (
     _Opt("baselines", "root folder of recorded baselines", "baselines"),
     _Opt("tolerance", "baseline tolerance on SSIM", "0.05"),
     _Opt("gpus", "comma-separated GPU ids for xdist workers (default: CUDA_VISIBLE_DEVICES or all found)", ""),
+    _Opt("threads", "torch CPU threads per process: a number, or 'auto' (cores / workers). Baselines are "
+                    "recorded with 1: float reductions, and so chaotic attacks, depend on the thread count", "1"),
     _Opt("trials", "Optuna trials per tuned case (paper profile)", "0"),
     _Opt("storage", "Optuna storage URL or journal file shared by machines", ""),
 )
@@ -89,9 +91,13 @@ def pytest_configure(config: pytest.Config) -> None:
         float(option(config, "tolerance"))
     except ValueError:
         raise pytest.UsageError(f"--giacheck-tolerance={option(config, 'tolerance')!r} is not a number") from None
+    threads = option(config, "threads")
+    if threads != "auto" and not (threads.isdigit() and int(threads) > 0):
+        raise pytest.UsageError(f"--giacheck-threads={threads!r}: give a positive number or 'auto'")
     worker = getattr(config, "workerinput", None)  # set by xdist on workers only (env vars leak into pytester)
+    workers = int(worker.get("workercount", 1)) if worker is not None else 1
+    _set_cpu_threads(threads, workers)
     if worker is not None:
-        _share_cpu_threads(int(worker.get("workercount", 1)))
         _pin_worker_gpu(str(worker.get("workerid", "")))
     else:
         controller = _Controller(config)
@@ -100,17 +106,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ CPU and GPUs
-def _share_cpu_threads(workers: int) -> None:
-    """On an xdist worker, give torch its share of the cores: N workers × all cores each thrash the CPU.
+def _set_cpu_threads(threads: str, workers: int) -> None:
+    """Give torch a fixed number of CPU threads (``auto``: its share of the cores, so N workers do not thrash).
 
     Set before torch is imported (the plugin loads first), so OpenMP reads it; an explicit OMP_NUM_THREADS wins.
     """
-    if workers < 1 or "OMP_NUM_THREADS" in os.environ:
+    if "OMP_NUM_THREADS" in os.environ:
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    count = max(1, (os.cpu_count() or 1) // max(1, workers)) if threads == "auto" else int(threads)
+    os.environ["OMP_NUM_THREADS"] = str(count)
     if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
+        sys.modules["torch"].set_num_threads(count)
 
 
 def visible_gpus(config: pytest.Config | None = None) -> list[str]:

@@ -190,3 +190,22 @@ def test_bad_profile_is_a_usage_error(pytester: pytest.Pytester) -> None:
 def test_markers_are_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--markers")
     result.stdout.fnmatch_lines(["*gia_case(case_id)*", "*gpu:*", "*slow:*"])
+
+
+def test_threads_option_sets_torch_threads(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    pytester.makepyfile(test_t='''
+import torch
+
+
+def test_threads():
+    with open("threads.txt", "w") as fh:
+        fh.write(str(torch.get_num_threads()))
+''')
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    assert (pytester.path / "threads.txt").read_text() == "1"  # the default baselines are recorded with
+    pytester.runpytest_subprocess("--giacheck-threads", "2").assert_outcomes(passed=1)
+    assert (pytester.path / "threads.txt").read_text() == "2"
+    result = pytester.runpytest_subprocess("--giacheck-threads", "many")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*--giacheck-threads='many': give a positive number or 'auto'*"])
