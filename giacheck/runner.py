@@ -24,12 +24,12 @@ from giacheck import metrics
 from giacheck.attack import infer_batch_stats, infer_labels, invert, naive_stats, select_proxy_stats
 from giacheck.attack.bnstats import elements_per_channel
 from giacheck.attack.objective import Replica
-from giacheck.client import simulate_update
+from giacheck.client import bn_modules, simulate_update
 from giacheck.data import disjoint_pool, open_source, select_batch
-from giacheck.errors import DatasetError, GiacheckError
+from giacheck.errors import DatasetError, GiacheckError, InvalidCaseError
 from giacheck.models import build, get_entry
 from giacheck.models.yolo import annotated_images, detection_targets
-from giacheck.specs import AttackSpec, Case, LabelKnowledge, Selection, StatsAccess, get_profile
+from giacheck.specs import AttackSpec, BNMode, Case, LabelKnowledge, Selection, StatsAccess, get_profile
 from giacheck.validation import check_case
 
 __all__ = ["Result", "controlled_init", "manifest", "run_case"]
@@ -140,6 +140,8 @@ def run_case(
     else:
         client_batch = select_batch(source, batch_size=case.client.batch_size, size=case.model.resolution)
     model = build(case.model.name, case.model.resolution, seed=seed).to(torch_device)
+    if case.client.bn_mode is BNMode.TRAIN:
+        _check_train_mode_bn(model, tuple(client_batch.images.shape), case)
     images = client_batch.images.to(torch_device)
     labels = detection_targets(client_batch.names, torch_device) if detection else client_batch.labels.to(torch_device)
     t_build = time.perf_counter()
@@ -217,6 +219,17 @@ def controlled_init(images: torch.Tensor, p: float, *, restarts: int, seed: int)
     mask = (torch.rand(r, b, 1, h, w, generator=gen) < p).expand_as(out)
     noise = torch.rand(out.shape, generator=gen)
     return torch.where(mask, noise, out)
+
+
+def _check_train_mode_bn(model: torch.nn.Module, input_shape: tuple[int, ...], case: Case) -> None:
+    """A train-mode BatchNorm that sees one value per channel (B·H·W = 1) cannot normalize: refuse up front."""
+    names = list(bn_modules(model))
+    single = [n for n, count in elements_per_channel(model, input_shape, names).items() if count < 2]
+    if single:
+        raise InvalidCaseError(
+            f"invalid case {case.id}: in train mode BatchNorm {single[0]!r} (and {len(single) - 1} more) sees one "
+            f"value per channel (B·H·W = 1 at batch size {case.client.batch_size}); valid: bn_eval, or a batch "
+            "size or resolution that leaves more than one value per channel")
 
 
 def _annotated_batch(source, batch_size: int, size: int):

@@ -283,3 +283,14 @@ def test_detection_case_runs_end_to_end_with_box_targets() -> None:
     assert result.manifest["images"] == ("bus",)
     assert 0.0 <= result.ssim_mean <= 1.0
     assert result.attack["batched"] is False  # the detection loss's target assignment does not vmap
+
+
+def test_train_mode_batchnorm_with_one_value_per_channel_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unadapted ImageNet stem at 32×32 leaves a 1×1 last stage: train-mode BN at bs1 cannot normalize."""
+    monkeypatch.setattr(giacheck.runner, "simulate_update", _must_not_run)
+    with pytest.raises(InvalidCaseError, match=r"sees one value per channel .*valid: bn_eval"):
+        run_case("resnet18_lowres_unadapted-32-bn_train-bs1-stats_none", attack=AttackSpec(iterations=1))
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the client ran")
