@@ -11,28 +11,25 @@ from __future__ import annotations
 from torch import nn
 
 from giacheck.models.registry import ModelEntry, register_model
+from giacheck.models.timm_zoo import _timm_factory
 
 
-def _timm_resnet(upstream: str, preact: bool) -> nn.Module:
-    import timm
+def _cifar_stem(net: nn.Module) -> None:
+    """Post-activation ResNet: 3x3 stride-1 stem conv, no max-pool."""
+    net.conv1, net.maxpool = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False), nn.Identity()
 
-    def factory(resolution: int, num_classes: int) -> nn.Module:
-        net = timm.create_model(upstream, pretrained=False, num_classes=num_classes, zero_init_last=False)
-        conv = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        if preact:
-            net.stem.conv, net.stem.pool = conv, nn.Identity()
-        else:
-            net.conv1, net.maxpool = conv, nn.Identity()
-        return net
 
-    return factory
+def _cifar_stem_preact(net: nn.Module) -> None:
+    """Pre-activation ResNet (timm ResNetV2): the same stem change on ``net.stem``."""
+    net.stem.conv, net.stem.pool = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False), nn.Identity()
 
 
 @register_model
 def resnet18_cifar(**overrides: object) -> ModelEntry:
     """Post-activation ResNet-18 (timm ``resnet18``) with a CIFAR stem, for 32x32 inputs."""
     return ModelEntry(
-        name="resnet18_cifar", upstream="timm:resnet18", factory=_timm_resnet("resnet18", preact=False),
+        name="resnet18_cifar", upstream="timm:resnet18",
+        factory=_timm_factory("resnet18", adapt=_cifar_stem, zero_init_last=False),
         default_size=32, num_classes=10, norm_kinds=("BatchNorm2d",), has_batchnorm=True,
         description="post-activation ResNet-18, CIFAR stem (3x3 s1 conv, no max-pool)", **overrides,
     )
@@ -43,7 +40,7 @@ def resnet18_preact_cifar(**overrides: object) -> ModelEntry:
     """Pre-activation ResNet-18 (timm ``resnetv2_18``) with a CIFAR stem, for 32x32 inputs."""
     return ModelEntry(
         name="resnet18_preact_cifar", upstream="timm:resnetv2_18",
-        factory=_timm_resnet("resnetv2_18", preact=True),
+        factory=_timm_factory("resnetv2_18", adapt=_cifar_stem_preact, zero_init_last=False),
         default_size=32, num_classes=10, norm_kinds=("BatchNorm2d",), has_batchnorm=True,
         description="pre-activation ResNet-18 (v2), CIFAR stem (3x3 s1 conv, no max-pool)", **overrides,
     )
