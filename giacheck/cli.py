@@ -1,10 +1,15 @@
-"""The ``giacheck`` command: ``run`` one case, ``bench`` the attack, list ``models``, merge results (``report``)."""
+"""The ``giacheck`` command: ``run`` one case, ``audit`` a model's deployment grid, scaffold a test pack
+(``init-pack``), merge results into a ``report``, ``bench`` the attack, list ``models``.
+
+Model strings ``package.module:function`` are imported with the current folder on the import path."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +48,21 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list registered models with their metadata")
     models.add_argument("--json", action="store_true")
 
+    audit = sub.add_parser("audit", help="attack a model over a grid of deployment settings; report; exit 1 if it "
+                                         "leaks (0 ok, 1 leaks, 2 bad input, 3 inconclusive)")
+    _pack_arguments(audit)
+    audit.add_argument("--profile", default="smoke", choices=sorted(PROFILES), help="attack budget (default: smoke)")
+    audit.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    audit.add_argument("--out", type=Path, required=True,
+                       help="folder for results.json, PNGs, report.html and report.md: new, empty, or a previous "
+                            "audit's (nothing else in it is overwritten)")
+    audit.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="progress bar (default: when standard error is a terminal; log lines otherwise)")
+
+    init = sub.add_parser("init-pack", help="scaffold a privacy test pack (test module, baselines/, README)")
+    init.add_argument("folder", type=Path, help="new or empty folder for the pack")
+    _pack_arguments(init)
+
     report = sub.add_parser("report", help="merge results of runs, workers or machines into report.html and report.md")
     report.add_argument("results", nargs="+", type=Path,
                         help="suite results.json / results.jsonl, `giacheck run --out` JSONs, or folders holding them; "
@@ -50,6 +70,88 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, required=True,
                         help="folder for report.html, report.md and plots: new, empty, or a previous report")
     return parser
+
+
+def _pack_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that define a pack, shared by ``audit`` and ``init-pack``."""
+    parser.add_argument("--model", required=True, help="registered name or package.module:function returning a "
+                                                        "giacheck.models.ModelEntry")
+    parser.add_argument("--name", help="pack name (baselines folder, case ids; default: from the model)")
+    parser.add_argument("--input-size", type=int, help="input resolution (default: the entry's)")
+    parser.add_argument("--num-classes", type=int, help="number of classes (default: the entry's)")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated client batch sizes (default: 1)")
+    parser.add_argument("--bn", default="train", help="client BatchNorm modes: train,eval (default: train)")
+    parser.add_argument("--stats", default="none", help="BN-statistics access: none,naive,exact,proxy (default: none)")
+    parser.add_argument("--updates", default="fedsgd", help="update types: fedsgd,fedavgK (default: fedsgd)")
+    parser.add_argument("--threshold", type=float, default=0.3,
+                        help="no configuration may exceed this SSIM (default: 0.3, the suites' infeasible level)")
+    parser.add_argument("--rule", action="append", default=[], metavar="WHERE:MAX_SSIM",
+                        help="an extra rule, e.g. 'bs>=8:0.1' (configurations with bs >= 8 stay at or below 0.1)")
+    parser.add_argument("--control", help="positive control case id (default: the sigmoid LeNet at the input size)")
+    parser.add_argument("--data", default="bundled", help="image source: bundled, imagefolder:PATH, cifar10:PATH")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise GiacheckError(f"--batch-sizes {text!r}: give comma-separated whole numbers, e.g. 1,8") from None
+
+
+def _pack_from(args: argparse.Namespace):
+    """A :class:`giacheck.pack.Pack` from the command line (validated when it is planned)."""
+    from giacheck.pack import Grid, Pack, Rule
+
+    rules = [Rule(f"no configuration exceeds SSIM {args.threshold:g}", max_ssim=args.threshold)]
+    for text in args.rule:
+        where, sep, limit = text.rpartition(":")
+        try:
+            rules.append(Rule(f"{where} stays at or below SSIM {limit}", max_ssim=float(limit), where=where))
+        except ValueError:
+            raise GiacheckError(f"--rule {text!r}: write WHERE:MAX_SSIM, e.g. 'bs>=8:0.1'") from None
+        if not sep:
+            raise GiacheckError(f"--rule {text!r}: write WHERE:MAX_SSIM, e.g. 'bs>=8:0.1'")
+    grid = Grid(batch_sizes=_batch_sizes(args.batch_sizes), bn=args.bn, stats=args.stats, updates=args.updates)
+    return Pack(name=args.name or _pack_name(args.model), model=args.model, grid=grid, rules=tuple(rules),
+                input_size=args.input_size, num_classes=args.num_classes, control=args.control, data=args.data,
+                seed=args.seed)
+
+
+def _pack_name(model: str) -> str:
+    """``acme.models:classifier`` → ``classifier``; a registered name gets ``_pack`` (aliases may not shadow it)."""
+    from giacheck.models import list_models
+
+    name = re.sub(r"\W", "_", model.rpartition(":")[2] or model).strip("_") or "pack"
+    name = name if name[0].isalpha() else f"pack_{name}"
+    return f"{name}_pack" if name in list_models() else name
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from giacheck.audit import run_audit
+
+    outcome = run_audit(_pack_from(args), profile=args.profile, device=args.device, out=args.out,
+                        progress=args.progress)
+    for payload in outcome.cases:
+        print(f"{payload['verdict']:>12}  {payload['case_id']:48} SSIM {payload['result']['ssim']['mean']:.3f}  "
+              f"({payload['claim']})")
+    for case_id, why in outcome.not_applicable:
+        print(f"{'n/a':>12}  {case_id:48} {why}")
+    print(f"report: {outcome.files['html']}")
+    verdict = {0: "no configuration leaks above its threshold", 1: f"LEAKS: {', '.join(outcome.leaking)}",
+               3: "INCONCLUSIVE: the positive control did not reconstruct under this budget"}[outcome.exit_code]
+    print(f"audit: {verdict} (exit {outcome.exit_code})")
+    return outcome.exit_code
+
+
+def _cmd_init_pack(args: argparse.Namespace) -> int:
+    from giacheck.scaffold import scaffold_pack
+
+    written = scaffold_pack(args.folder, _pack_from(args), threshold=args.threshold)
+    for path in written.values():
+        print(path)
+    print(f"next: pytest {args.folder} -n 2 --giacheck-update-all   (record baselines, then commit them)")
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -128,7 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    commands = {"run": _cmd_run, "bench": _cmd_bench, "models": _cmd_models, "report": _cmd_report}
+    commands = {"run": _cmd_run, "bench": _cmd_bench, "models": _cmd_models, "report": _cmd_report,
+                "audit": _cmd_audit, "init-pack": _cmd_init_pack}
+    if os.getcwd() not in sys.path:  # console scripts do not put it there; `module:function` models live here
+        sys.path.insert(0, os.getcwd())
     try:
         return commands[args.command](args)
     except GiacheckError as exc:

@@ -189,6 +189,7 @@ class GiaFixture:
     item: pytest.Item
     cache: dict[str, Any]
     suite: str
+    baselines_root: Path | None = None  # a pack's own baselines folder; None: --giacheck-baselines
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -215,10 +216,13 @@ class GiaFixture:
         if key not in self.cache:
             start = time.perf_counter()
             result = run_case(case_id, profile=self.profile, device=self.device, **kwargs)
-            folder = Path(option(self.config, "artifacts")) / self.profile / self.suite
+            self.cache[key] = (result, time.perf_counter() - start, set())
+        result, _, saved = self.cache[key]
+        folder = Path(option(self.config, "artifacts")) / self.profile / self.suite
+        if folder not in saved:  # a case shared by two suites (or a pack's control) gets its PNG in each
             save_result(result, folder)
-            self.cache[key] = (result, time.perf_counter() - start)
-        return self.cache[key][0]
+            saved.add(folder)
+        return result
 
     def feasible(self, case_id: str, *, min_ssim: float, **kwargs: Any):
         result = self.run(case_id, **kwargs)
@@ -252,6 +256,32 @@ class GiaFixture:
         self._conclude(result, claims.regression(case_id, result.ssim_mean), positive=False)
         return result
 
+    def pack_control(self, pack: Any):
+        """A pack's positive control: it must reconstruct (and not get weaker than recorded), or the pack's
+        infeasibility rules prove nothing."""
+        self._use_pack(pack)
+        result = self.run(pack.control_id, **pack.run_kwargs())
+        self._conclude(result, pack.control_claim(result.ssim_mean), positive=True)
+        return result
+
+    def pack_case(self, pack: Any, case_id: str):
+        """One configuration of a pack: the strictest rule that applies (conclusive only with the control
+        reconstructing under the same budget), or a regression; and its recorded baseline (one-sided)."""
+        self._use_pack(pack)
+        kwargs = pack.run_kwargs()
+        control = None
+        if pack.rules_for(case_id):
+            control = pack.control_claim(self.run(pack.control_id, **kwargs).ssim_mean)
+        result = self.run(case_id, **kwargs)
+        self._conclude(result, pack.judge(case_id, result.ssim_mean, control), positive=False)
+        return result
+
+    def _use_pack(self, pack: Any) -> None:
+        """Baselines and artifacts of a pack live under its own name (and its own folder, when it has one)."""
+        pack.register()
+        self.suite = pack.name
+        self.baselines_root = pack.baselines
+
     def _tuned(self, case_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         """With ``--giacheck-trials N`` a negative claim is tested after tuning the attack (Appendix A):
         Optuna TPE over λ_TV, λ_BN and lr, selected by the attack's own gradient distance (no ground truth)."""
@@ -274,7 +304,7 @@ class GiaFixture:
         self._finish()
 
     def _baseline(self, result: Any, *, positive: bool) -> dict[str, Any]:
-        store = BaselineStore(option(self.config, "baselines"), self.profile)
+        store = BaselineStore(self._baselines_root(), self.profile)
         path = store.path(self.suite, result.case_id)
         try:
             recorded = store.load(self.suite, result.case_id)
@@ -297,12 +327,16 @@ class GiaFixture:
             self.failures.append(check.message)
         return {"status": str(check.verdict), "path": str(path), "recorded": recorded["ssim"]["mean"]}
 
+    def _baselines_root(self) -> Path:
+        return self.baselines_root or Path(option(self.config, "baselines"))
+
     def _record(self, result: Any, claim: claims.ClaimResult, baseline: dict[str, Any]) -> None:
         key = next(k for k, v in self.cache.items() if v[0] is result)
         payload = {
             "suite": self.suite, "case_id": result.case_id, "profile": self.profile, "claim": claim.kind,
             "verdict": str(claim.verdict), "message": claim.message, "baseline": baseline,
             "wall_s": self.cache[key][1], "nodeid": self.item.nodeid, "result": result.to_dict(),
+            "baselines_root": str(self._baselines_root()),
         }
         self.item.user_properties.append((PROPERTY, json.dumps(payload, allow_nan=False)))
         self.item.user_properties.append((f"ssim_mean[{result.case_id}]", result.ssim_mean))
@@ -365,7 +399,7 @@ class _Controller:
             os.fsync(fh.fileno())
 
     def _write_baseline(self, payload: dict[str, Any]) -> None:
-        store = BaselineStore(option(self.config, "baselines"), payload["profile"])
+        store = BaselineStore(payload.get("baselines_root") or option(self.config, "baselines"), payload["profile"])
         try:
             store.write(payload["suite"], payload["case_id"], payload["result"])
         except BaselineError as exc:
@@ -408,7 +442,8 @@ class _Controller:
 
     def _report_orphans(self, tr: Any, unique: dict[tuple[str, str], dict[str, Any]]) -> None:
         """Baselines of the suites run whose case did not run: orphaned if the case is gone (or deselected)."""
-        store = BaselineStore(option(self.config, "baselines"), option(self.config, "profile"))
-        for suite in sorted({s for s, _ in unique}):
+        roots = {r["suite"]: r.get("baselines_root") or option(self.config, "baselines") for r in unique.values()}
+        for suite in sorted(roots):
+            store = BaselineStore(roots[suite], option(self.config, "profile"))
             for path in store.orphans(suite, [c for s, c in unique if s == suite]):
                 tr.write_line(f"baseline without a case in this run (orphaned, or deselected): {path}")

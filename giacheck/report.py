@@ -249,8 +249,12 @@ class _Ladder:
     png: bytes | None  # None when matplotlib is missing
 
 
-def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str], *,
+                 keep: Iterable[str] = ()) -> dict[str, Path]:
     """Write ``report.html``, ``report.md`` and the ladder plots into ``out_dir``.
+
+    ``keep`` names entries of ``out_dir`` that belong to the caller (``giacheck audit`` puts its results there):
+    they are neither refused nor touched.
 
     Returns:
         ``{"html": …, "md": …, "ladder:<architecture>": …}`` (paths of the files written).
@@ -262,7 +266,7 @@ def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str]) -> di
     if not rows:
         raise GiacheckError("no cases to report")
     out = Path(out_dir)
-    previous = _owned_files(out)
+    previous = _owned_files(out, set(keep))
     images = {row.key: _png_bytes(row) for row in rows}
     ladders = _ladders(rows)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -284,13 +288,13 @@ def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str]) -> di
     return written
 
 
-def _owned_files(out: Path) -> set[str]:
+def _owned_files(out: Path, keep: set[str]) -> set[str]:
     """Names a previous report wrote into ``out``; raises when ``out`` holds anything else."""
     if out.exists() and not out.is_dir():
         raise GiacheckError(f"--out {out}: is a file, not a folder")
     if not out.exists():
         return set()
-    entries = sorted(out.iterdir())
+    entries = sorted(e for e in out.iterdir() if e.name not in keep)
     if not entries:
         return set()
     owned: set[str] = set()

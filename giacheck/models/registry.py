@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from giacheck.errors import InvalidCaseError, UnknownModelError, close_matches
+from giacheck.errors import GiacheckError, InvalidCaseError, UnknownModelError, close_matches
 
-__all__ = ["ModelEntry", "NormalizedModel", "build", "get_entry", "list_models", "register_model"]
+__all__ = ["ModelEntry", "NormalizedModel", "build", "get_entry", "list_models", "register_alias", "register_model"]
 
 log = logging.getLogger("giacheck.models")
 
@@ -81,6 +82,8 @@ class NormalizedModel(nn.Module):
 
 
 _REGISTRY: dict[str, Callable[..., ModelEntry]] = {}
+_ALIASES: dict[str, tuple[tuple[str, str], Callable[[], ModelEntry]]] = {}  # name -> (identity, factory)
+_ALIAS_RE = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
 def register_model(fn: Callable[..., ModelEntry]) -> Callable[..., ModelEntry]:
@@ -90,6 +93,35 @@ def register_model(fn: Callable[..., ModelEntry]) -> Callable[..., ModelEntry]:
         raise ValueError(f"model {name!r} is already registered by {_REGISTRY[name].__module__}")
     _REGISTRY[name] = fn
     return fn
+
+
+def register_alias(name: str, target: str | Callable[[], ModelEntry], **overrides: Any) -> str:
+    """Name a model defined elsewhere, with entry overrides (a test pack's input size, classes, normalization).
+
+    ``target`` is a registered name, a ``package.module:function`` string or a factory returning a
+    :class:`ModelEntry`. Registering the same target and overrides again (every xdist worker imports the pack)
+    is a no-op; a built-in name, or a taken name for something else, raises :class:`InvalidCaseError`.
+    """
+    _load_builtin()
+    if not isinstance(name, str) or not _ALIAS_RE.match(name):
+        raise InvalidCaseError(f"model alias {name!r}: use letters, digits, '_' and '.' (it becomes part of case ids, "
+                               "which use '-' between axes)")
+    if name in _REGISTRY:
+        raise InvalidCaseError(f"model alias {name!r} is a built-in model name; choose another name")
+    label = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+    identity = (label, repr(sorted(overrides.items())))
+    if name in _ALIASES:
+        if _ALIASES[name][0] != identity:
+            raise InvalidCaseError(f"model alias {name!r} is already registered for {_ALIASES[name][0][0]} "
+                                   f"with {_ALIASES[name][0][1]}; not re-registered for {label} with {identity[1]}")
+        return name
+
+    def factory() -> ModelEntry:
+        base = get_entry(target) if isinstance(target, str) else _checked(label, _call(label, target))
+        return _replace(base, name, name=name, **overrides)
+
+    _ALIASES[name] = (identity, factory)
+    return name
 
 
 def list_models() -> list[str]:
@@ -105,23 +137,41 @@ def get_entry(name: str, **overrides: object) -> ModelEntry:
         fn = _import_factory(name)
     elif name in _REGISTRY:
         fn = _REGISTRY[name]
+    elif name in _ALIASES:
+        fn = _ALIASES[name][1]
     else:
         raise UnknownModelError(
             f"unknown model {name!r}.{close_matches(name, _REGISTRY)} Valid names: {', '.join(sorted(_REGISTRY))}; "
             "or give 'package.module:function' returning a ModelEntry."
         )
+    return _replace(_checked(name, _call(name, fn)), name, **overrides)
+
+
+def _call(name: str, fn: Callable[..., Any]) -> Any:
+    """Call a model factory; whatever it raises becomes an :class:`UnknownModelError` naming the factory."""
     try:
-        entry = fn()
+        return fn()
+    except GiacheckError:
+        raise
     except TypeError as exc:
         raise UnknownModelError(f"{name!r} cannot be called without arguments ({exc}); a model factory takes "
                                 "no required arguments and returns a giacheck.models.ModelEntry") from None
+    except Exception as exc:
+        raise UnknownModelError(f"model factory {name!r} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _checked(name: str, entry: Any) -> ModelEntry:
     if not isinstance(entry, ModelEntry):
         raise UnknownModelError(f"{name!r} returned {type(entry).__name__}, expected giacheck.models.ModelEntry")
+    return entry
+
+
+def _replace(entry: ModelEntry, label: str, /, **overrides: Any) -> ModelEntry:
     try:
         return dataclasses.replace(entry, **overrides)
     except TypeError as exc:
         valid = ", ".join(f.name for f in dataclasses.fields(ModelEntry))
-        raise InvalidCaseError(f"bad override for model {name!r}: {exc}; valid fields: {valid}") from None
+        raise InvalidCaseError(f"bad override for model {label!r}: {exc}; valid fields: {valid}") from None
 
 
 def build(name: str, resolution: int, *, num_classes: int | None = None, seed: int = 0,
@@ -160,7 +210,11 @@ def _import_factory(spec: str) -> Callable[..., ModelEntry]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UnknownModelError(f"model {spec!r}: cannot import module {module_name!r} ({exc})") from exc
+        raise UnknownModelError(f"model {spec!r}: cannot import module {module_name!r} ({exc}); give "
+                                "'package.module:function' for a module on sys.path") from exc
+    except Exception as exc:  # a module that fails while importing: name it, keep the cause
+        raise UnknownModelError(f"model {spec!r}: importing module {module_name!r} raised "
+                                f"{type(exc).__name__}: {exc}") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UnknownModelError(f"model {spec!r}: module {module_name!r} has no callable {attr!r}")

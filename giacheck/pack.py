@@ -1,0 +1,332 @@
+"""Privacy test packs: a vendor's model, a grid of deployment settings and what must hold, in a few lines.
+
+A pack is a plain pytest module (``giacheck init-pack`` scaffolds one)::
+
+    PACK = Pack(
+        name="acme_classifier", model="acme.models:classifier", input_size=32, num_classes=10,
+        grid=Grid(batch_sizes=(1, 8), bn=("train", "eval"), stats=("none", "exact")),
+        rules=(Rule("no configuration exceeds SSIM 0.3", max_ssim=0.3),
+               Rule("bs >= 8 is infeasible", max_ssim=0.1, where="bs>=8")),
+        baselines=Path(__file__).parent / "baselines",
+    )
+
+Every configuration of the grid becomes a case; each is checked against the rules that apply to it (an
+infeasibility claim, conclusive only when the pack's positive control reconstructs under the same budget) and
+against its recorded baseline, with the same flags as the suites (``--giacheck-update`` …). A configuration no
+rule covers is recorded as a regression (baseline only). ``giacheck audit`` runs the same grid without pytest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import operator
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import KW_ONLY, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from giacheck import claims
+from giacheck.errors import InvalidCaseError
+from giacheck.specs import (
+    AttackSpec,
+    BNMode,
+    Case,
+    ClientSpec,
+    LabelKnowledge,
+    ModelSpec,
+    StatsAccess,
+    ThreatSpec,
+    UpdateKind,
+)
+
+__all__ = ["CONTROL_MIN_SSIM", "Grid", "InvalidPackError", "Pack", "Rule", "default_control"]
+
+CONTROL_MIN_SSIM = 0.6  # the positive control must reach this (the suites' FEASIBLE level)
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_UPDATE_RE = re.compile(r"^(fedsgd|fedavg(\d+))$")
+
+
+class InvalidPackError(InvalidCaseError):
+    """A pack, grid or rule that makes no sense, rejected before any compute."""
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Grid:
+    """Deployment settings to test; every combination is one configuration.
+
+    ``updates`` takes ``fedsgd`` (one gradient) or ``fedavgK`` (weight delta of K local SGD steps). An
+    ``exact``-statistics configuration with an inference-mode client is *not applicable* (an eval-mode client
+    updates no running statistics, so there is nothing to invert) and is left out, listed by :meth:`Pack.plan`.
+    """
+
+    batch_sizes: tuple[int, ...] = (1,)
+    bn: tuple[BNMode, ...] = (BNMode.TRAIN,)
+    stats: tuple[StatsAccess, ...] = (StatsAccess.NONE,)
+    updates: tuple[str, ...] = ("fedsgd",)
+    labels: tuple[LabelKnowledge, ...] = (LabelKnowledge.KNOWN,)
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        sizes = _tuple(self.batch_sizes)
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+            problems.append(f"batch_sizes={list(sizes)} (valid: positive integers)")
+        object.__setattr__(self, "batch_sizes", sizes)
+        for axis, kind in (("bn", BNMode), ("stats", StatsAccess), ("labels", LabelKnowledge)):
+            values = _tuple(getattr(self, axis))
+            try:
+                object.__setattr__(self, axis, tuple(kind(v) for v in values))
+            except ValueError:
+                problems.append(f"{axis}={[str(v) for v in values]} (valid: {', '.join(kind)})")
+        updates = tuple(str(u) for u in _tuple(self.updates))
+        bad = [u for u in updates if not _UPDATE_RE.match(u) or u == "fedavg0"]
+        if bad:
+            problems.append(f"updates={bad} (valid: fedsgd, fedavgK with K >= 1 local steps)")
+        object.__setattr__(self, "updates", updates)
+        for axis in ("batch_sizes", "bn", "stats", "updates", "labels"):
+            values = getattr(self, axis)
+            if not values:
+                problems.append(f"{axis} is empty (give at least one value)")
+            elif len(set(values)) != len(values):
+                problems.append(f"{axis}={[str(v) for v in values]} repeats a value")
+        if problems:
+            raise InvalidPackError("invalid grid: " + "; ".join(problems))
+
+    def clients(self) -> Iterator[tuple[ClientSpec, ThreatSpec]]:
+        """Every combination, in a stable order (batch size, BN mode, statistics, update, labels)."""
+        for bs, bn, stats, update, labels in itertools.product(self.batch_sizes, self.bn, self.stats, self.updates,
+                                                               self.labels):
+            steps = int(update[6:]) if update.startswith("fedavg") else 1
+            kind = UpdateKind.FEDAVG if update.startswith("fedavg") else UpdateKind.FEDSGD
+            yield (ClientSpec(bn_mode=bn, batch_size=bs, update=kind, local_steps=steps),
+                   ThreatSpec(stats=stats, labels=labels))
+
+
+def _tuple(values: Any) -> tuple[Any, ...]:
+    """A comma-separated string, a single value or an iterable, as a tuple."""
+    if isinstance(values, str):
+        return tuple(v.strip() for v in values.split(",") if v.strip())
+    if isinstance(values, int):
+        return (values,)
+    return tuple(values)
+
+
+# ------------------------------------------------------------------------------------------------ rules
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": operator.ge, "<=": operator.le, "!=": operator.ne, "=": operator.eq, ">": operator.gt, "<": operator.lt,
+}
+_CONDITION_RE = re.compile(r"^\s*(?P<key>[a-z_]+)\s*(?P<op>>=|<=|!=|=|>|<)\s*(?P<value>[A-Za-z0-9_.]+)\s*$")
+_KEYS: dict[str, Callable[[Case], Any]] = {
+    "bs": lambda c: c.client.batch_size,
+    "bn": lambda c: str(c.client.bn_mode),
+    "stats": lambda c: str(c.threat.stats),
+    "update": lambda c: "fedsgd" if c.client.update is UpdateKind.FEDSGD else f"fedavg{c.client.local_steps}",
+    "steps": lambda c: c.client.local_steps,
+    "labels": lambda c: str(c.threat.labels),
+}
+_NUMERIC = {"bs", "steps"}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What must hold: every configuration matching ``where`` keeps SSIM at or below ``max_ssim``.
+
+    ``where`` is empty (every configuration) or conditions joined by ``,`` (and): ``bs>=8``,
+    ``bn=train,stats=exact``, ``update!=fedsgd``. Keys: bs, bn, stats, update, steps, labels.
+    """
+
+    text: str
+    _: KW_ONLY
+    max_ssim: float
+    where: str = ""
+
+    def __post_init__(self) -> None:
+        value = self.max_ssim
+        if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= value <= 1.0:
+            raise InvalidPackError(f"rule {self.text!r}: max_ssim={value!r} (valid: a number in [-1, 1])")
+        self.conditions()  # validate now, not in the middle of a run
+
+    def conditions(self) -> list[tuple[str, Callable[[Any, Any], bool], Any]]:
+        out = []
+        for part in filter(str.strip, self.where.split(",")):
+            m = _CONDITION_RE.match(part)
+            if m is None or m["key"] not in _KEYS:
+                raise InvalidPackError(
+                    f"rule {self.text!r}: cannot read condition {part.strip()!r} in where={self.where!r}; "
+                    f"write KEY OP VALUE with KEY one of {', '.join(_KEYS)} and OP one of {', '.join(_OPS)}, "
+                    "e.g. 'bs>=8' or 'bn=train,stats=exact'")
+            value: Any = m["value"]
+            if m["key"] in _NUMERIC:
+                if not value.isdigit():
+                    raise InvalidPackError(f"rule {self.text!r}: {m['key']} compares with a whole number, "
+                                           f"got {value!r}")
+                value = int(value)
+            elif m["op"] not in ("=", "!="):
+                raise InvalidPackError(f"rule {self.text!r}: {m['key']} takes = or !=, not {m['op']!r}")
+            out.append((m["key"], _OPS[m["op"]], value))
+        return out
+
+    def applies(self, case: Case) -> bool:
+        return all(op(_KEYS[key](case), value) for key, op, value in self.conditions())
+
+
+# ------------------------------------------------------------------------------------------------ the pack
+def default_control(input_size: int) -> str:
+    """The cheapest positive control at (about) the pack's resolution: DLG's sigmoid LeNet, inference mode, bs1
+    (SSIM 0.86 at 32 px and 0.90 at 16 px on the smoke budget, a few seconds on a CPU)."""
+    size = input_size if input_size % 4 == 0 and 8 <= input_size <= 64 else 32
+    return f"lenet_sigmoid-{size}-bn_eval-bs1-stats_none"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """The configurations a pack runs, and those left out as not applicable (with why)."""
+
+    cases: tuple[Case, ...]
+    not_applicable: tuple[tuple[str, str], ...]  # (case id, reason)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pack:
+    """A vendor's privacy test pack (see the module docstring).
+
+    Args:
+        name: the pack's name: its baselines folder, its suite in reports, and the model's name in case ids.
+        model: a registered model name, ``package.module:function``, or a factory returning a ``ModelEntry``.
+        input_size / num_classes / mean / std: override the entry's (``None``: keep them).
+        grid: deployment settings; rules: what must hold.
+        control: the positive control's case id (default: :func:`default_control` at the input size); every
+            infeasibility rule is conclusive only when this reconstructs under the same budget.
+        baselines: the baselines root (``<root>/<profile>/<name>/<case-id>.json``); ``None``: the run's
+            ``--giacheck-baselines``. ``Path(__file__).parent / "baselines"`` keeps them beside the pack, also
+            when the pack is an installed package shipping them as package data.
+        data: image source (``bundled``, ``imagefolder:PATH``, ``cifar10:PATH``); seed: model init and attack seed.
+        attack: overrides the profile's budget (for the control too, so the budget stays the same).
+    """
+
+    name: str
+    model: str | Callable[[], Any]
+    grid: Grid = field(default_factory=Grid)
+    rules: tuple[Rule, ...] = ()
+    input_size: int | None = None
+    num_classes: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    control: str | None = None
+    control_min_ssim: float = CONTROL_MIN_SSIM
+    baselines: Path | str | None = None
+    data: str = "bundled"
+    seed: int = 0
+    attack: AttackSpec | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise InvalidPackError(f"pack name {self.name!r}: start with a letter, then letters, digits or '_' "
+                                   "(it names the baselines folder and appears in case ids)")
+        if not (isinstance(self.model, str) and self.model) and not callable(self.model):
+            raise InvalidPackError(f"pack {self.name}: model={self.model!r}; give a registered name, "
+                                   "'package.module:function' or a factory returning a giacheck.models.ModelEntry")
+        if not isinstance(self.grid, Grid):
+            raise InvalidPackError(f"pack {self.name}: grid must be a giacheck.pack.Grid, "
+                                   f"got {type(self.grid).__name__}")
+        object.__setattr__(self, "rules", tuple(self.rules))
+        if not all(isinstance(r, Rule) for r in self.rules):
+            raise InvalidPackError(f"pack {self.name}: rules must be giacheck.pack.Rule objects")
+        for label, value in (("input_size", self.input_size), ("num_classes", self.num_classes)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidPackError(f"pack {self.name}: {label}={value!r} (valid: a positive integer)")
+        for label, value in (("mean", self.mean), ("std", self.std)):
+            if value is not None:
+                value = tuple(float(v) for v in value)
+                if len(value) != 3 or (label == "std" and min(value) <= 0):
+                    raise InvalidPackError(f"pack {self.name}: {label}={value!r} (valid: three numbers"
+                                           f"{', all > 0' if label == 'std' else ''})")
+                object.__setattr__(self, label, value)
+        if self.baselines is not None:
+            object.__setattr__(self, "baselines", Path(self.baselines))
+
+    # -- the model and its cases
+    def register(self) -> str:
+        """Register the model under the pack's name with the pack's overrides; returns that name."""
+        from giacheck.models import register_alias
+
+        overrides = {k: v for k, v in (("default_size", self.input_size), ("num_classes", self.num_classes),
+                                       ("mean", self.mean), ("std", self.std)) if v is not None}
+        return register_alias(self.name, self.model, **overrides)
+
+    def entry(self):
+        from giacheck.models import get_entry
+
+        return get_entry(self.register())
+
+    @property
+    def resolution(self) -> int:
+        return self.input_size or self.entry().default_size
+
+    def plan(self) -> Plan:
+        """Expand and validate the grid before any compute.
+
+        Raises:
+            InvalidPackError: the model does not import or its factory fails, or any configuration is invalid
+                for this model (every bad configuration is listed with why and what is valid).
+        """
+        from giacheck.data import open_source
+        from giacheck.validation import validate
+
+        entry = self.entry()
+        source = open_source(self.data, num_classes=entry.num_classes)
+        cases, skipped, problems = [], [], []
+        for client, threat in self.grid.clients():
+            case = Case(model=ModelSpec(name=self.name, resolution=self.resolution), client=client, threat=threat)
+            if threat.stats is StatsAccess.EXACT and client.bn_mode is BNMode.EVAL:
+                skipped.append((case.id, "an inference-mode client updates no running statistics: nothing to "
+                                         "invert for stats_exact"))
+                continue
+            found = validate(case, entry=entry, source=source)
+            if found:
+                problems.append(f"{case.id}: " + "; ".join(found))
+            cases.append(case)
+        if problems:
+            raise InvalidPackError(f"pack {self.name}: {len(problems)} configuration(s) of the grid are invalid:\n  "
+                                   + "\n  ".join(problems))
+        if not cases:
+            raise InvalidPackError(f"pack {self.name}: the grid leaves no applicable configuration "
+                                   f"({len(skipped)} not applicable)")
+        return Plan(cases=tuple(cases), not_applicable=tuple(skipped))
+
+    def case_ids(self) -> list[str]:
+        """The ids of the configurations to run (for ``pytest.mark.parametrize``)."""
+        return [case.id for case in self.plan().cases]
+
+    @property
+    def control_id(self) -> str:
+        return self.control or default_control(self.resolution)
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`giacheck.runner.run_case`, the same for every case and the control."""
+        kwargs: dict[str, Any] = {"data": self.data, "seed": self.seed}
+        if self.attack is not None:
+            kwargs["attack"] = self.attack
+        return kwargs
+
+    # -- verdicts
+    def rules_for(self, case_id: str) -> list[Rule]:
+        case = Case.parse(case_id)
+        return [rule for rule in self.rules if rule.applies(case)]
+
+    def control_claim(self, ssim: float) -> claims.ClaimResult:
+        return claims.feasible(self.control_id, ssim, min_ssim=self.control_min_ssim)
+
+    def judge(self, case_id: str, ssim: float, control: claims.ClaimResult | None) -> claims.ClaimResult:
+        """The verdict of one configuration: the strictest rule that applies (an infeasibility claim with the
+        control), or a regression when no rule covers it."""
+        rules = self.rules_for(case_id)
+        if not rules:
+            return claims.regression(case_id, ssim)
+        if control is None:
+            raise ValueError(f"{case_id}: rules apply, so the positive control's claim is needed")
+        rule = min(rules, key=lambda r: r.max_ssim)
+        claim = claims.infeasible(case_id, ssim, max_ssim=rule.max_ssim, control=control)
+        return dataclasses.replace(claim, message=f"rule {rule.text!r}: {claim.message}")

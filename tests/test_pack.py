@@ -1,0 +1,227 @@
+"""Privacy test packs: the grid, rules and verdicts (no compute), and a vendor's pack end to end with pytester:
+scaffold with ``init-pack`` → record → pass → the model changes and leaks more → the pack fails, readably."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from giacheck import claims
+from giacheck.cli import main
+from giacheck.errors import InvalidCaseError, UnknownModelError
+from giacheck.models import get_entry, register_alias
+from giacheck.pack import Grid, InvalidPackError, Pack, Rule, default_control
+from giacheck.specs import Case
+
+pytest_plugins = ["pytester"]
+
+# A vendor's CNN (not in the registry). At 16 px with a training-mode client at bs4 it keeps the images (smoke
+# SSIM 0.089); FROZEN_BN=1 is a model change that freezes BatchNorm (running statistics in the forward), and the
+# same update then leaks more (0.320).
+VENDOR_NET = '''
+import os
+
+import torch.nn.functional as F
+from torch import nn
+
+from giacheck.models import ModelEntry
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def _factory(resolution, num_classes):
+    bn = FrozenBatchNorm2d if os.environ.get("FROZEN_BN") == "1" else nn.BatchNorm2d
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), bn(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, stride=2, padding=1), bn(32), nn.ReLU(),
+                         nn.Conv2d(32, 32, 3, stride=2, padding=1), bn(32), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
+
+
+def classifier():
+    return ModelEntry(name="vendor_cnn", upstream="vendor", factory=_factory, default_size=32, num_classes=10,
+                      norm_kinds=("BatchNorm2d",), has_batchnorm=True)
+
+
+def broken():
+    raise RuntimeError("weights server unreachable")
+'''
+
+
+@pytest.fixture
+def vendor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "vendor_net.py").write_text(VENDOR_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("vendor_net", None)
+    return "vendor_net:classifier"
+
+
+# ------------------------------------------------------------------------------------------------ grid and rules
+def test_grid_takes_strings_and_enums() -> None:
+    grid = Grid(batch_sizes=(1, 8), bn="train,eval", stats=["none", "exact"], updates="fedsgd,fedavg4")
+    assert [str(b) for b in grid.bn] == ["train", "eval"] and len(list(grid.clients())) == 2 * 2 * 2 * 2
+    steps = {c.local_steps for c, _ in grid.clients()}
+    assert steps == {1, 4}
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"batch_sizes": (0,)}, r"batch_sizes=\[0\] \(valid: positive integers\)"),
+    ({"bn": "training"}, r"bn=\['training'\] \(valid: train, eval\)"),
+    ({"stats": "bogus"}, r"valid: none, naive, exact, proxy"),
+    ({"updates": "fedavg0"}, r"fedavgK with K >= 1"),
+    ({"updates": "sgd"}, r"updates=\['sgd'\]"),
+    ({"batch_sizes": ()}, r"batch_sizes is empty"),
+    ({"bn": "train,train"}, r"repeats a value"),
+])
+def test_grid_rejects_bad_values(kwargs: dict, match: str) -> None:
+    with pytest.raises(InvalidPackError, match=match):
+        Grid(**kwargs)
+
+
+def test_rule_conditions() -> None:
+    case = Case.parse("m-32-bn_train-bs8-stats_exact")
+    assert Rule("all", max_ssim=0.3).applies(case)
+    assert Rule("big batches", max_ssim=0.1, where="bs>=8").applies(case)
+    assert not Rule("small", max_ssim=0.1, where="bs<8").applies(case)
+    assert Rule("train exact", max_ssim=0.1, where="bn=train, stats=exact").applies(case)
+    assert not Rule("eval", max_ssim=0.1, where="bn=eval,stats=exact").applies(case)
+    assert Rule("not fedavg", max_ssim=0.1, where="update=fedsgd").applies(case)
+
+
+@pytest.mark.parametrize(("where", "match"), [
+    ("bs=>8", r"cannot read condition 'bs=>8'.*KEY one of bs, bn"),
+    ("batch>=8", r"cannot read condition 'batch>=8'"),
+    ("bs>=eight", r"bs compares with a whole number"),
+    ("bn>=train", r"bn takes = or !="),
+])
+def test_rule_rejects_bad_conditions(where: str, match: str) -> None:
+    with pytest.raises(InvalidPackError, match=match):
+        Rule("r", max_ssim=0.3, where=where)
+
+
+def test_rule_rejects_bad_threshold() -> None:
+    with pytest.raises(InvalidPackError, match=r"max_ssim=2 \(valid: a number in \[-1, 1\]\)"):
+        Rule("r", max_ssim=2)
+
+
+# ------------------------------------------------------------------------------------------------ the pack
+def test_plan_lists_cases_and_what_is_not_applicable(vendor: str) -> None:
+    pack = Pack(name="vendor_plan", model=vendor, input_size=16,
+                grid=Grid(batch_sizes=(1, 4), bn="train,eval", stats="none,exact"))
+    plan = pack.plan()
+    ids = [c.id for c in plan.cases]
+    assert ids[0] == "vendor_plan-16-bn_train-bs1-stats_none" and len(ids) == 6
+    assert [cid for cid, _ in plan.not_applicable] == ["vendor_plan-16-bn_eval-bs1-stats_exact",
+                                                       "vendor_plan-16-bn_eval-bs4-stats_exact"]
+    assert get_entry("vendor_plan").default_size == 16  # the pack's overrides travel with its name
+    assert pack.control_id == default_control(16) == "lenet_sigmoid-16-bn_eval-bs1-stats_none"
+
+
+def test_plan_lists_every_invalid_configuration() -> None:
+    pack = Pack(name="lenet_plan", model="lenet_sigmoid", grid=Grid(batch_sizes=(1, 64), bn="train,eval"))
+    with pytest.raises(InvalidPackError) as err:
+        pack.plan()
+    text = str(err.value)
+    assert "3 configuration(s) of the grid are invalid" in text
+    assert "lenet_plan-32-bn_train-bs1-stats_none: bn_train on lenet_plan, which has no BatchNorm" in text
+    assert "batch size 64 is larger than the 12 images available" in text
+
+
+def test_bad_models_are_named(vendor: str) -> None:
+    with pytest.raises(UnknownModelError, match=r"cannot import module 'nosuchpkg.mod'"):
+        Pack(name="nope", model="nosuchpkg.mod:fn").plan()
+    with pytest.raises(UnknownModelError, match=r"'vendor_net:broken' raised RuntimeError: weights server unreachable"):
+        Pack(name="broken_pack", model="vendor_net:broken").plan()
+    with pytest.raises(InvalidPackError, match=r"pack name 'my-pack'"):
+        Pack(name="my-pack", model=vendor)
+
+
+def test_alias_is_idempotent_and_guarded(vendor: str) -> None:
+    assert register_alias("vendor_alias", vendor, default_size=16) == "vendor_alias"
+    assert register_alias("vendor_alias", vendor, default_size=16) == "vendor_alias"  # every worker imports
+    with pytest.raises(InvalidCaseError, match=r"already registered"):
+        register_alias("vendor_alias", vendor, default_size=32)
+    with pytest.raises(InvalidCaseError, match=r"built-in model name"):
+        register_alias("resnet18_cifar", vendor)
+
+
+def test_judge_uses_the_strictest_rule_and_needs_the_control(vendor: str) -> None:
+    pack = Pack(name="vendor_judge", model=vendor, input_size=16, grid=Grid(batch_sizes=(1, 8)),
+                rules=(Rule("no configuration exceeds SSIM 0.3", max_ssim=0.3),
+                       Rule("bs >= 8 is infeasible", max_ssim=0.1, where="bs>=8")))
+    good = pack.control_claim(0.9)
+    small, big = "vendor_judge-16-bn_train-bs1-stats_none", "vendor_judge-16-bn_train-bs8-stats_none"
+    assert pack.judge(small, 0.2, good).passed
+    verdict = pack.judge(big, 0.2, good)
+    assert verdict.verdict is claims.Verdict.FAIL
+    assert verdict.message.startswith("rule 'bs >= 8 is infeasible': ") and "threshold 0.100" in verdict.message
+    weak = pack.judge(small, 0.05, pack.control_claim(0.4))
+    assert weak.verdict is claims.Verdict.INCONCLUSIVE, "a control that does not reconstruct proves nothing"
+    uncovered = Pack(name="vendor_judge2", model=vendor, rules=(Rule("big", max_ssim=0.1, where="bs>=8"),))
+    assert uncovered.judge(small.replace("judge", "judge2"), 0.5, None).kind == "regression"
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def test_init_pack_record_pass_then_leak_fails(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    pytester.makepyfile(vendor_net=VENDOR_NET)
+    monkeypatch.chdir(pytester.path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("FROZEN_BN", raising=False)
+    sys.modules.pop("vendor_net", None)
+    code = main(["init-pack", "privacy", "--model", "vendor_net:classifier", "--name", "vendor_cnn",
+                 "--input-size", "16", "--batch-sizes", "4", "--bn", "train", "--threshold", "0.3"])
+    assert code == 0, capsys.readouterr().err
+    pack_dir = pytester.path / "privacy"
+    assert sorted(p.name for p in pack_dir.iterdir()) == ["README.md", "baselines", "test_privacy_pack.py"]
+    assert "vendor_cnn-16-bn_train-bs4-stats_none" in (pack_dir / "README.md").read_text()
+
+    # record the baselines (beside the pack), then the unchanged model passes
+    result = pytester.runpytest_subprocess("privacy", "--giacheck-update-all")
+    result.assert_outcomes(passed=2)
+    baseline = pack_dir / "baselines" / "smoke" / "vendor_cnn" / "vendor_cnn-16-bn_train-bs4-stats_none.json"
+    control = baseline.with_name("lenet_sigmoid-16-bn_eval-bs1-stats_none.json")
+    recorded = json.loads(baseline.read_text())["ssim"]["mean"]
+    assert recorded < 0.3 and json.loads(control.read_text())["ssim"]["mean"] >= 0.6
+    before = baseline.read_bytes()
+    result = pytester.runpytest_subprocess("privacy")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*giacheck summary*", "*vendor_cnn-16-bn_train-bs4-stats_none*infeasible*pass*"])
+
+    # the vendor changes the model (BatchNorm frozen): the same update leaks more, and the pack says so
+    monkeypatch.setenv("FROZEN_BN", "1")
+    result = pytester.runpytest_subprocess("privacy")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*vendor_cnn-16-bn_train-bs4-stats_none: LEAKAGE ROSE above the recorded baseline — measured SSIM 0.*, "
+        f"recorded {recorded:.3f}, tolerance 0.050 (one-sided)*"])
+    assert baseline.read_bytes() == before, "a failing run never rewrites a baseline"
+
+
+def test_pack_as_an_installed_package_finds_its_baselines(pytester: pytest.Pytester,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack shipped as a package (baselines as package data) runs with ``pytest --pyargs`` from anywhere."""
+    pytester.makepyfile(vendor_net=VENDOR_NET)
+    package = pytester.mkpydir("acme_privacy")
+    (package / "test_privacy.py").write_text(
+        "from pathlib import Path\nimport pytest\nfrom giacheck.pack import Grid, Pack, Rule\n"
+        "PACK = Pack(name='acme', model='vendor_net:classifier', input_size=16, grid=Grid(batch_sizes=4),\n"
+        "            rules=(Rule('no configuration exceeds SSIM 0.3', max_ssim=0.3),),\n"
+        "            baselines=Path(__file__).parent / 'baselines')\n"
+        "def test_control(gia):\n    gia.pack_control(PACK)\n"
+        "@pytest.mark.parametrize('case_id', PACK.case_ids())\n"
+        "def test_configuration(gia, case_id):\n    gia.pack_case(PACK, case_id)\n")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))  # as if pip-installed
+    monkeypatch.delenv("FROZEN_BN", raising=False)
+    elsewhere = pytester.mkdir("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    pytester.runpytest_subprocess("--pyargs", "acme_privacy", "--giacheck-update-all").assert_outcomes(passed=2)
+    assert (package / "baselines" / "smoke" / "acme" / "acme-16-bn_train-bs4-stats_none.json").is_file()
+    assert not (elsewhere / "baselines").exists()
+    pytester.runpytest_subprocess("--pyargs", "acme_privacy").assert_outcomes(passed=2)
