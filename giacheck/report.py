@@ -6,7 +6,8 @@ these; rows are keyed by (profile, suite, case id) and later files win. ``write_
 
 - ``report.html``: self-contained (inline CSS, PNGs embedded as data URIs, nothing fetched): a verdict table,
   per suite a grid laid out like the paper's figures (originals above reconstructions, case id and SSIM
-  under each), and the Figure 4 ladder (``-init_p`` cases) as an SSIM-vs-noise plot per architecture;
+  under each), and the Figure 4 ladder (``-init_p`` cases) per architecture as an SSIM-vs-noise plot and as an
+  image grid ordered by noise fraction;
 - ``report.md``: the same table and ladder, with links to the PNGs;
 - ``ladder-<architecture>.png``: the ladder plots (matplotlib, Agg canvas; no global backend switch).
 
@@ -528,6 +529,10 @@ def _html(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], bytes | No
             out.append(f"<h3>{esc(ladder.architecture)}</h3><div class=\"ladder\">")
             if ladder.png is not None:
                 out.append(f'<img src="{_data_uri(ladder.png)}" alt="{esc("SSIM vs noise, " + ladder.architecture)}">')
+            out.append('<div class="grid"><div class="rowlabels"><span>original</span><span>reconstruction</span>'
+                       "</div>")  # the ladder as an image grid too, by noise fraction
+            out.extend(_html_figure(row, images[row.key]) for row in ladder.rows)
+            out.append("</div>")
             out.append('<table><thead><tr><th>Case id</th><th class="num">p</th><th class="num">start SSIM</th>'
                        '<th class="num">SSIM</th></tr></thead><tbody>')
             out.extend(f'<tr><td class="id">{esc(r.case_id)}</td><td class="num">{r.init_p:g}</td>'

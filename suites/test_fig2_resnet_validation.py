@@ -5,12 +5,18 @@ least as much as the naive use of post-update running statistics (``naive``, Hua
 pre-activation network leaks at least as much as the post-activation one. ``proxy`` (§4.3.3: statistics of
 auxiliary images chosen by gradient alignment) is recorded beside them as a pipeline regression.
 An ordering whose higher side reconstructs nothing (SSIM below the infeasible level) is inconclusive.
+
+The paper's own SSIM for its best Figure 2 cell (pre-activation, shared running statistics, its method) is
+0.054, against 0.030 for Huang et al. (§5.1): the "feasible" reading of Figure 2 is visual, and every number
+in it is below any feasibility level. The conclusive part at CPU scale is the negative one: post-activation
+ResNet-18 with a training-mode update stays infeasible whatever the statistics access, with the inference-mode
+update of the same network as the positive control under the same budget.
 """
 
 from __future__ import annotations
 
 import pytest
-from _claims import INFEASIBLE
+from _claims import CONTROL_32, FEASIBLE, INFEASIBLE
 
 POST, PRE = "resnet18_cifar", "resnet18_preact_cifar"
 
@@ -19,9 +25,14 @@ def _case(model: str, stats: str) -> str:
     return f"{model}-32-bn_train-bs1-stats_{stats}"
 
 
+@pytest.mark.parametrize("stats", ["exact", "naive", "proxy"])
+def test_post_act_training_mode_infeasible_whatever_the_statistics(gia, stats: str) -> None:
+    gia.infeasible(_case(POST, stats), max_ssim=INFEASIBLE, control=CONTROL_32, control_min_ssim=FEASIBLE)
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "inconclusive in smoke: every training-mode bs1 case stays below SSIM 0.3 (exact/naive: post-act 0.040/0.035, "
-    "pre-act 0.011/0.041), so the ordering compares two failures"))
+    "pre-act 0.011/0.041), so the ordering compares two failures; the paper's own pair is 0.054 vs 0.030 (§5.1)"))
 @pytest.mark.parametrize("model", [POST, PRE])
 def test_exact_statistics_at_least_naive(gia, model: str) -> None:
     gia.ordering(_case(model, "exact"), _case(model, "naive"), margin=0.0, min_high=INFEASIBLE)
@@ -33,6 +44,5 @@ def test_pre_act_at_least_post_act_with_exact_statistics(gia) -> None:
     gia.ordering(_case(PRE, "exact"), _case(POST, "exact"), margin=0.0, min_high=INFEASIBLE)
 
 
-@pytest.mark.parametrize("model", [POST, PRE])
-def test_proxy_statistics_regression(gia, model: str) -> None:
-    gia.regression(_case(model, "proxy"))
+def test_pre_act_proxy_statistics_regression(gia) -> None:
+    gia.regression(_case(PRE, "proxy"))
