@@ -47,6 +47,23 @@ class AuditOutcome:
     def leaking(self) -> list[str]:
         return [c["case_id"] for c in self.cases if c["claim"] == "infeasible" and c["verdict"] == "fail"]
 
+    @property
+    def verdict(self) -> str:
+        return {EXIT_OK: "no configuration leaks above its threshold",
+                EXIT_LEAKS: f"LEAKS: {', '.join(self.leaking)}",
+                EXIT_INCONCLUSIVE: "INCONCLUSIVE: the positive control did not reconstruct under this budget"
+                }[self.exit_code]
+
+    def summary(self, pack: Pack) -> list[str]:
+        """The lines an auditor reads first: verdict and exit status, rules, control, what was left out."""
+        lines = [f"Audit of {pack.model} ({pack.name}): {self.verdict} (exit {self.exit_code})."]
+        lines += [f"Rule: {rule.text} (SSIM ≤ {rule.max_ssim:g}{f' where {rule.where}' if rule.where else ''})."
+                  for rule in pack.rules]
+        lines.append(f"Positive control: {pack.control_id} must reach SSIM ≥ {pack.control_min_ssim:g} under the "
+                     "same budget, or the rules prove nothing.")
+        lines += [f"Not applicable: {case_id} ({why})." for case_id, why in self.not_applicable]
+        return lines
+
 
 def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
               progress: bool | None = None, stream: TextIO | None = None) -> AuditOutcome:
@@ -60,14 +77,14 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
         GiacheckError: bad input, before any compute (see the module docstring).
     """
     from giacheck.artifacts import save_result
-    from giacheck.runner import run_case
+    from giacheck.runner import resolve_device, run_case
 
     out = Path(out)
     _check_out(out)
-    get_profile(profile)
-    if get_profile(profile).needs_gpu and device == "cpu":
+    torch_device = resolve_device(device)  # an unknown device, or CUDA where there is none: before any write
+    if get_profile(profile).needs_gpu and torch_device.type == "cpu":
         raise GiacheckError(f"profile {profile!r} needs a GPU (--device cuda); on a CPU use --profile smoke")
-    plan = pack.plan()
+    plan = pack.plan()  # also validates the control
     stream = stream or sys.stderr
     bar = _Progress(len(plan.cases) + 1, stream, enabled=stream.isatty() if progress is None else progress)
     kwargs = pack.run_kwargs()
@@ -100,9 +117,10 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
     bar.close()
     files = {"results": write_json_atomic({"profile": profile, "cases": payloads}, out / "results.json"),
              "journal": journal}
-    files.update(_report(out, profile))
-    return AuditOutcome(exit_code=_exit_code(payloads), cases=tuple(payloads),
-                        not_applicable=plan.not_applicable, files=files)
+    outcome = AuditOutcome(exit_code=_exit_code(payloads), cases=tuple(payloads),
+                           not_applicable=plan.not_applicable, files=files)
+    files.update(_report(out, profile, outcome.summary(pack)))
+    return outcome
 
 
 def _exit_code(payloads: list[dict[str, Any]]) -> int:
@@ -145,11 +163,11 @@ def _write_manifest(out: Path, profile: str) -> None:
     write_json_atomic({"owned": owned}, out / AUDIT_MANIFEST)
 
 
-def _report(out: Path, profile: str) -> dict[str, Path]:
+def _report(out: Path, profile: str, summary: list[str]) -> dict[str, Path]:
     from giacheck.report import load_results, write_report
 
     keep = {AUDIT_MANIFEST, "results.json", "results.jsonl", profile}
-    written = write_report(load_results([out / "results.json"]), out, keep=keep)
+    written = write_report(load_results([out / "results.json"]), out, keep=keep, summary=summary)
     names = {p.name for p in written.values()}
     data = json.loads((out / AUDIT_MANIFEST).read_text())
     write_json_atomic({"owned": sorted(set(data["owned"]) | names)}, out / AUDIT_MANIFEST)

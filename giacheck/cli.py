@@ -107,11 +107,12 @@ def _pack_from(args: argparse.Namespace):
     for text in args.rule:
         where, sep, limit = text.rpartition(":")
         try:
-            rules.append(Rule(f"{where} stays at or below SSIM {limit}", max_ssim=float(limit), where=where))
+            max_ssim = float(limit)
         except ValueError:
-            raise GiacheckError(f"--rule {text!r}: write WHERE:MAX_SSIM, e.g. 'bs>=8:0.1'") from None
-        if not sep:
+            max_ssim = None
+        if not sep or max_ssim is None:
             raise GiacheckError(f"--rule {text!r}: write WHERE:MAX_SSIM, e.g. 'bs>=8:0.1'")
+        rules.append(Rule(f"{where} stays at or below SSIM {limit}", max_ssim=max_ssim, where=where))
     grid = Grid(batch_sizes=_batch_sizes(args.batch_sizes), bn=args.bn, stats=args.stats, updates=args.updates)
     return Pack(name=args.name or _pack_name(args.model), model=args.model, grid=grid, rules=tuple(rules),
                 input_size=args.input_size, num_classes=args.num_classes, control=args.control, data=args.data,
@@ -138,9 +139,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     for case_id, why in outcome.not_applicable:
         print(f"{'n/a':>12}  {case_id:48} {why}")
     print(f"report: {outcome.files['html']}")
-    verdict = {0: "no configuration leaks above its threshold", 1: f"LEAKS: {', '.join(outcome.leaking)}",
-               3: "INCONCLUSIVE: the positive control did not reconstruct under this budget"}[outcome.exit_code]
-    print(f"audit: {verdict} (exit {outcome.exit_code})")
+    print(f"audit: {outcome.verdict} (exit {outcome.exit_code})")
     return outcome.exit_code
 
 

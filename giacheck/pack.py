@@ -273,6 +273,7 @@ class Pack:
                 for this model (every bad configuration is listed with why and what is valid).
         """
         from giacheck.data import open_source
+        from giacheck.models import get_entry
         from giacheck.validation import validate
 
         entry = self.entry()
@@ -288,6 +289,18 @@ class Pack:
             if found:
                 problems.append(f"{case.id}: " + "; ".join(found))
             cases.append(case)
+        try:
+            control = Case.parse(self.control_id)
+            control_entry = get_entry(control.model.name)
+            found = validate(control, entry=control_entry,
+                             source=open_source(self.data, num_classes=control_entry.num_classes))
+        except InvalidCaseError as exc:
+            found = [str(exc)]
+        if found:
+            problems.append(f"control {self.control_id}: " + "; ".join(found))
+        if self.control_id in {case.id for case in cases}:
+            problems.append(f"control {self.control_id} is also a configuration of the grid; the control must be "
+                            "a separate case that reconstructs (choose another control, or drop it from the grid)")
         if problems:
             raise InvalidPackError(f"pack {self.name}: {len(problems)} configuration(s) of the grid are invalid:\n  "
                                    + "\n  ".join(problems))

@@ -251,11 +251,11 @@ class _Ladder:
 
 
 def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str], *,
-                 keep: Iterable[str] = ()) -> dict[str, Path]:
+                 keep: Iterable[str] = (), summary: Sequence[str] = ()) -> dict[str, Path]:
     """Write ``report.html``, ``report.md`` and the ladder plots into ``out_dir``.
 
     ``keep`` names entries of ``out_dir`` that belong to the caller (``giacheck audit`` puts its results there):
-    they are neither refused nor touched.
+    they are neither refused nor touched. ``summary``: lines shown first, under the title (an audit's verdict).
 
     Returns:
         ``{"html": …, "md": …, "ladder:<architecture>": …}`` (paths of the files written).
@@ -272,8 +272,8 @@ def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str], *,
     ladders = _ladders(rows)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     files: dict[str, tuple[str, bytes]] = {
-        "html": ("report.html", _html(rows, images, ladders, generated).encode("utf-8")),
-        "md": ("report.md", _markdown(rows, images, ladders, out, generated).encode("utf-8")),
+        "html": ("report.html", _html(rows, images, ladders, generated, summary).encode("utf-8")),
+        "md": ("report.md", _markdown(rows, images, ladders, out, generated, summary).encode("utf-8")),
     }
     for ladder in ladders:
         if ladder.png is not None:
@@ -442,6 +442,7 @@ h1 { font-size: 24px; margin: 0 0 4px; }
 h2 { font-size: 18px; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
 h3 { font-size: 15px; margin: 18px 0 8px; }
 .meta, .note { color: var(--muted); font-size: 12px; }
+.summary { font-weight: 600; margin: 4px 0; }
 .counts span { display: inline-block; margin: 6px 8px 0 0; padding: 2px 8px; border-radius: 10px; font-size: 12px; }
 nav { display: flex; flex-wrap: wrap; gap: 4px 14px; font-size: 13px; }
 details.sources { font-size: 12px; color: var(--muted); }
@@ -477,7 +478,7 @@ figure .noimage { display: flex; align-items: center; justify-content: center; w
 
 
 def _html(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], bytes | None], ladders: Sequence[_Ladder],
-          generated: str) -> str:
+          generated: str, summary: Sequence[str] = ()) -> str:
     esc = html.escape
     profiles = {row.profile for row in rows}
     suites = _suites(rows)
@@ -495,7 +496,8 @@ def _html(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], bytes | No
            f'</p><details class="sources"><summary>from {len(sources)} result files</summary><ul>'
            + "".join(f"<li>{esc(source)}</li>" for source in sources) + "</ul></details>"),
         '<p class="counts">' + "".join(f'<span class="{_verdict_class(v)}">{esc(v)}: {n}</span>'
-                                       for v, n in sorted(counts.items())) + "</p></header>",
+                                       for v, n in sorted(counts.items())) + "</p>"
+        + "".join(f'<p class="summary">{esc(line)}</p>' for line in summary) + "</header>",
         '<nav><a href="#verdicts">verdicts</a>'
         + "".join(f'<a href="#suite-{i}">{esc(_suite_title(p, s, profiles))}</a>' for i, (p, s) in enumerate(suites))
         + ('<a href="#ladder">Figure 4 ladder</a>' if ladders else "") + "</nav>",
@@ -575,12 +577,13 @@ def _relative(path: Path, start: Path) -> str:
 
 
 def _markdown(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], bytes | None], ladders: Sequence[_Ladder],
-              out: Path, generated: str) -> str:
+              out: Path, generated: str, summary: Sequence[str] = ()) -> str:
     profiles = {row.profile for row in rows}
     lines = [
         "# giacheck report: gradient-inversion leakage", "",
         f"{len(rows)} cases · profile {', '.join(sorted(profiles))} · generated {generated}. "
-        "Images are embedded in `report.html`.", "",
+        "Images are embedded in `report.html`.", "", *[f"**{_md_cell(line)}**  " for line in summary],
+        *([""] if summary else []),
         "## Verdicts", "",
         "| suite | case id | claim | SSIM mean | SSIM max | patch-matched | baseline | verdict |",
         "|---|---|---|---:|---:|---:|---|---|",

@@ -32,7 +32,7 @@ from giacheck.models.yolo import annotated_images, detection_targets
 from giacheck.specs import AttackSpec, BNMode, Case, LabelKnowledge, Selection, StatsAccess, get_profile
 from giacheck.validation import check_case
 
-__all__ = ["Result", "controlled_init", "manifest", "run_case"]
+__all__ = ["Result", "controlled_init", "manifest", "resolve_device", "run_case"]
 
 log = logging.getLogger("giacheck.runner")
 
@@ -132,7 +132,7 @@ def run_case(
     entry = get_entry(case.model.name)
     source = open_source(data, num_classes=entry.num_classes)
     check_case(case, entry=entry, source=source)
-    torch_device = _device(device)
+    torch_device = resolve_device(device)
     detection = entry.task == "detection"
     if detection:  # boxes are labels the attacker knows (DESIGN §4); only annotated images can be used
         client_batch = _annotated_batch(source, case.client.batch_size, case.model.resolution)
@@ -268,7 +268,8 @@ def _multiset_accuracy(inferred: torch.Tensor, truth: torch.Tensor) -> float:
     return hits / truth.numel()
 
 
-def _device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """The torch device named by ``device``; an unknown name, or CUDA where there is none, raises."""
     try:
         dev = torch.device(device)
     except RuntimeError as exc:

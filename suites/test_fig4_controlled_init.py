@@ -15,7 +15,9 @@ import pytest
 from _claims import FEASIBLE
 
 LADDER = [round(0.1 * i, 1) for i in range(11)]
-ROBUST = ["vit_b16_cifar", "maxvit_t_cifar", "convnext_t_cifar"]
+# The robust models with the client BN mode of the paper's realistic pipeline: MaxViT-T is the one with BatchNorm,
+# and with an inference-mode update it is not robust at all (SSIM 0.760 from noise, see test_table1_lowres).
+ROBUST = ["vit_b16_cifar-32-bn_eval", "maxvit_t_cifar-32-bn_train", "convnext_t_cifar-32-bn_eval"]
 GAIN_LIMIT = 0.1  # "gains little": reconstruction SSIM at most this much above the initialization's
 
 
@@ -35,8 +37,8 @@ def test_swin_ladder(gia, p: float) -> None:
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
 @pytest.mark.parametrize("model", ROBUST)
 def test_robust_models_gain_little(gia, model: str, p: float) -> None:
-    gia.require_profile("paper", f"{model} costs 0.75-1.3 s per attack iteration on a CPU")
-    result = gia.regression(f"{model}-32-bn_eval-bs1-stats_none-init_p{p:g}")
+    gia.require_profile("paper", f"{model.split('-')[0]} costs 0.75-1.3 s per attack iteration on a CPU")
+    result = gia.regression(f"{model}-bs1-stats_none-init_p{p:g}")
     gain = result.ssim_mean - result.threat["init_ssim"]
     assert gain <= GAIN_LIMIT, (f"{result.case_id}: reconstruction SSIM {result.ssim_mean:.3f} gained {gain:+.3f} "
                                 f"over its initialization ({result.threat['init_ssim']:.3f}), limit {GAIN_LIMIT}")

@@ -7,7 +7,7 @@ model's stem removes, i.e. the unadapted form leaks at least as much.
 
 Negative claims are conclusive only with a positive control under the same budget: the 32×32 inference-mode
 ResNet-18 (``CONTROL_32``). ViT-B/16 and MaxViT-T at 32×32 cost 0.75–1.3 s per iteration on a CPU, so their
-verdicts come from ``paper``.
+verdicts come from ``paper``. MaxViT-T has BatchNorm: its claim is about the training-mode update (below).
 """
 
 from __future__ import annotations
@@ -29,18 +29,40 @@ def test_adapted_convnext_infeasible(gia) -> None:
                    control_min_ssim=FEASIBLE)
 
 
-MAXVIT_NOT_REPRODUCED = pytest.mark.xfail(strict=True, reason=(
-    "not reproduced (CPU, smoke budget, giacheck run): maxvit_t_cifar (stride-1 stem, partition 2 as in the "
-    "paper's code) eval bs1 reaches SSIM 0.760 (patch-matched 0.722, 1-cos 0.0014) — a clear reconstruction; "
-    "with a training-mode update (bn_train) it stays infeasible at 0.018"))
+@pytest.mark.slow
+def test_adapted_vit_infeasible(gia) -> None:
+    gia.require_profile("paper", "vit_b16_cifar costs 1.3 s per attack iteration on a CPU")
+    gia.infeasible("vit_b16_cifar-32-bn_eval-bs1-stats_none", max_ssim=INFEASIBLE, control=CONTROL_32,
+                   control_min_ssim=FEASIBLE)
+
+
+# MaxViT-T is the one low-resolution model with BatchNorm (in its MBConv blocks), so the client's BN mode is an
+# axis here. The paper evaluates "realistic normalization behavior and standard training procedures" (§4) and
+# names inference mode an enabler (§4.5.1): its claim is the training-mode update. Measured on the smoke budget
+# (`giacheck run`, CPU, stride-1 stem, partition 2 as in the paper's code): bn_train SSIM 0.018 (1-cos 0.039) —
+# the claim holds; bn_eval SSIM 0.760 (patch-matched 0.722) — the inference-mode enabler makes it leak.
+@pytest.mark.slow
+def test_adapted_maxvit_training_mode_update_infeasible(gia) -> None:
+    gia.require_profile("paper", "maxvit_t_cifar costs 0.75 s per attack iteration on a CPU")
+    gia.infeasible("maxvit_t_cifar-32-bn_train-bs1-stats_none", max_ssim=INFEASIBLE, control=CONTROL_32,
+                   control_min_ssim=FEASIBLE)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["vit_b16_cifar", pytest.param("maxvit_t_cifar", marks=MAXVIT_NOT_REPRODUCED)])
-def test_adapted_vit_and_maxvit_infeasible(gia, model: str) -> None:
-    gia.require_profile("paper", f"{model} costs 0.75-1.3 s per attack iteration on a CPU")
-    gia.infeasible(f"{model}-32-bn_eval-bs1-stats_none", max_ssim=INFEASIBLE, control=CONTROL_32,
+@pytest.mark.xfail(strict=True, reason=(
+    "not reproduced when Table 1's low-resolution row is read as an inference-mode update: maxvit_t_cifar bn_eval "
+    "bs1 reaches SSIM 0.760 on the smoke budget (patch-matched 0.722, 1-cos 0.0014), a clear reconstruction"))
+def test_adapted_maxvit_inference_mode_update_infeasible(gia) -> None:
+    gia.require_profile("paper", "maxvit_t_cifar costs 0.75 s per attack iteration on a CPU")
+    gia.infeasible("maxvit_t_cifar-32-bn_eval-bs1-stats_none", max_ssim=INFEASIBLE, control=CONTROL_32,
                    control_min_ssim=FEASIBLE)
+
+
+@pytest.mark.slow
+def test_adapted_maxvit_inference_mode_update_is_an_enabler(gia) -> None:
+    gia.require_profile("paper", "maxvit_t_cifar costs 0.75 s per attack iteration on a CPU")
+    gia.ordering("maxvit_t_cifar-32-bn_eval-bs1-stats_none", "maxvit_t_cifar-32-bn_train-bs1-stats_none",
+                 margin=0.1, min_high=INFEASIBLE)
 
 
 def test_unadapted_stem_leaks_at_least_as_much(gia) -> None:

@@ -233,6 +233,10 @@ def test_audit_end_to_end_then_rerun_that_leaks(tmp_path: Path, capsys: pytest.C
     report = _Report((out / "report.html").read_text(encoding="utf-8"))
     assert report.verdicts == {CONTROL: "pass", TRAIN: "pass", EVAL: "fail"}
     assert len(_embedded_pngs(report)) >= 3
+    html_text = (out / "report.html").read_text(encoding="utf-8")
+    assert f"LEAKS: {EVAL} (exit 1)." in html_text, "the report states the audit's verdict first"
+    assert "Rule: bn=eval stays at or below SSIM 0 (SSIM ≤ 0 where bn=eval)." in html_text
+    assert f"Positive control: {CONTROL} must reach SSIM ≥ 0.6" in (out / "report.md").read_text()
 
     # ... but not once the folder also holds someone else's file: refused before any compute, nothing touched
     (out / "notes.txt").write_text("do not lose me\n")
@@ -348,9 +352,6 @@ def test_audit_bad_input_exits_2_before_compute(extra: list[str], expected: str,
     assert no_compute == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: the device and the control id are checked only by the first run_case, after --out "
-                          "was created (manifest, empty results.jsonl); remove the mark once run_audit checks them")
 @pytest.mark.parametrize("extra", [["--device", "nosuchdevice"], ["--control", "nonsense"],
                                    ["--control", "lenet_sigmoid-16-bn_train-bs1-stats_none"]],
                          ids=["device", "malformed_control", "invalid_control"])
@@ -363,9 +364,6 @@ def test_audit_bad_device_or_control_exits_2_before_compute(extra: list[str], tm
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: cli._pack_from's `except ValueError` also catches InvalidPackError (a ValueError), "
-                          "so Rule's precise message is replaced by the generic WHERE:MAX_SSIM one")
 @pytest.mark.parametrize(("rule", "expected"), [("bn>train:0.1", "bn takes = or !="),
                                                 ("size>=8:0.1", "KEY one of bs, bn"),
                                                 ("bs>=8:2", "max_ssim=2.0")])

@@ -132,6 +132,16 @@ def test_plan_lists_every_invalid_configuration() -> None:
     assert "batch size 64 is larger than the 12 images available" in text
 
 
+def test_control_must_be_a_valid_case_outside_the_grid(vendor: str) -> None:
+    grid = Grid(batch_sizes=1, bn="train")
+    with pytest.raises(InvalidPackError, match=r"control vendor_ctl-16-bn_train-bs1-stats_none is also a config"):
+        Pack(name="vendor_ctl", model=vendor, input_size=16, grid=grid,
+             control="vendor_ctl-16-bn_train-bs1-stats_none").plan()
+    with pytest.raises(InvalidPackError, match=r"control lenet_sigmoid-16-bn_train-bs1-stats_none: .*no BatchNorm"):
+        Pack(name="vendor_ctl2", model=vendor, input_size=16, grid=grid,
+             control="lenet_sigmoid-16-bn_train-bs1-stats_none").plan()
+
+
 def test_bad_models_are_named(vendor: str) -> None:
     with pytest.raises(UnknownModelError, match=r"cannot import module 'nosuchpkg.mod'"):
         Pack(name="nope", model="nosuchpkg.mod:fn").plan()
