@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from giacheck.models import ModelEntry
 
-__all__ = ["classifier", "classifier_frozen_bn"]
+__all__ = ["FrozenBatchNorm2d", "classifier", "classifier_frozen_bn"]
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):

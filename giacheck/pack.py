@@ -278,9 +278,10 @@ class Pack:
 
         entry = self.entry()
         source = open_source(self.data, num_classes=entry.num_classes)
+        model = ModelSpec(name=self.name, resolution=self.input_size or entry.default_size)
         cases, skipped, problems = [], [], []
         for client, threat in self.grid.clients():
-            case = Case(model=ModelSpec(name=self.name, resolution=self.resolution), client=client, threat=threat)
+            case = Case(model=model, client=client, threat=threat)
             if threat.stats is StatsAccess.EXACT and client.bn_mode is BNMode.EVAL:
                 skipped.append((case.id, "an inference-mode client updates no running statistics: nothing to "
                                          "invert for stats_exact"))
@@ -302,7 +303,7 @@ class Pack:
             problems.append(f"control {self.control_id} is also a configuration of the grid; the control must be "
                             "a separate case that reconstructs (choose another control, or drop it from the grid)")
         if problems:
-            raise InvalidPackError(f"pack {self.name}: {len(problems)} configuration(s) of the grid are invalid:\n  "
+            raise InvalidPackError(f"pack {self.name}: {len(problems)} invalid configuration(s) or control:\n  "
                                    + "\n  ".join(problems))
         if not cases:
             raise InvalidPackError(f"pack {self.name}: the grid leaves no applicable configuration "

@@ -24,15 +24,10 @@ pytest_plugins = ["pytester"]
 VENDOR_NET = '''
 import os
 
-import torch.nn.functional as F
 from torch import nn
 
+from giacheck.examples import FrozenBatchNorm2d
 from giacheck.models import ModelEntry
-
-
-class FrozenBatchNorm2d(nn.BatchNorm2d):
-    def forward(self, x):
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
 def _factory(resolution, num_classes):
@@ -127,7 +122,7 @@ def test_plan_lists_every_invalid_configuration() -> None:
     with pytest.raises(InvalidPackError) as err:
         pack.plan()
     text = str(err.value)
-    assert "3 configuration(s) of the grid are invalid" in text
+    assert "3 invalid configuration(s) or control" in text
     assert "lenet_plan-32-bn_train-bs1-stats_none: bn_train on lenet_plan, which has no BatchNorm" in text
     assert "batch size 64 is larger than the 12 images available" in text
 
