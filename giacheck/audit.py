@@ -7,7 +7,9 @@ format, so ``giacheck report`` merges it with anything else), the PNGs, ``report
 
 Exit codes: 0 every configuration is at or below its threshold and the positive control reconstructs;
 1 some configuration is feasible above its threshold (it leaks); 3 inconclusive (the control did not
-reconstruct under the same budget, so "below threshold" proves nothing); 2 bad input (nothing was run).
+reconstruct under the same budget, so "below threshold" proves nothing); 2 bad input, found before anything
+runs — or an error in the middle of a run, which is named (the finished cases stay in ``results.jsonl``;
+an error is never read as "the attack failed").
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import inspect
 import re
 import subprocess
@@ -114,16 +115,31 @@ def test_batched_and_looped_restarts_agree(client_batch, name: str, mode: BNMode
 @pytest.mark.parametrize(("name", "mode"), [("lenet_sigmoid", BNMode.EVAL), ("resnet18_cifar", BNMode.TRAIN),
                                             ("resnet18_cifar", BNMode.EVAL)])
 def test_batched_and_looped_gradients_agree(client_batch, name: str, mode: BNMode) -> None:
+    """In float64 the two paths are the same math (to ~1e-14); in float32 each stays within float32's accuracy of
+    this double backward (measured: 3e-4 / 6e-4 relative for batched / looped on an AMD EPYC, where the two
+    float32 paths differ from each other by 6e-4, so comparing them at 1e-4 tested the CPU, not the code)."""
     from giacheck.attack.invert import _step_function
 
+    def step(model, update, x, batched):
+        replica = Replica(model, update, client_batch.labels)
+        return _step_function(replica, AttackSpec(restarts=3, batched_restarts=batched), None)(x)
+
     model, update = _client(name, mode, client_batch)
-    replica = Replica(model, update, client_batch.labels)
     x = torch.rand(3, 1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    g_batched, v_batched = _step_function(replica, AttackSpec(restarts=3, batched_restarts=True), None)(x)
-    g_looped, v_looped = _step_function(replica, AttackSpec(restarts=3, batched_restarts=False), None)(x)
-    torch.testing.assert_close(v_batched, v_looped, atol=1e-6, rtol=1e-5)
-    error = torch.linalg.vector_norm(g_batched - g_looped) / torch.linalg.vector_norm(g_looped)
-    assert error < 1e-4, float(error)
+    model64 = copy.deepcopy(model).double()
+    update64 = dataclasses.replace(update, tensors={k: v.double() for k, v in update.tensors.items()})
+    g64_batched, v64_batched = step(model64, update64, x.double(), True)
+    g64, v64 = step(model64, update64, x.double(), False)
+    torch.testing.assert_close(v64_batched, v64, atol=1e-12, rtol=1e-12)
+    assert _relative(g64_batched, g64) < 1e-10
+    for batched in (True, False):
+        g, v = step(model, update, x, batched)
+        torch.testing.assert_close(v.double(), v64, atol=1e-6, rtol=1e-5)
+        assert _relative(g.double(), g64) < 2e-3, (batched, _relative(g.double(), g64))
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
 
 # ------------------------------------------------------------------------------------------------ schedule
