@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Verdict", "ClaimResult", "feasible", "infeasible", "ordering", "baseline_check", "regression"]
+__all__ = ["Verdict", "ClaimResult", "feasible", "infeasible", "ordering", "baseline_check", "regression",
+           "shown_verdict"]
 
 
 class Verdict(StrEnum):
@@ -112,3 +113,19 @@ def regression(case_id: str, ssim: float) -> ClaimResult:
     """A pipeline regression: no feasibility verdict at this budget; only the baseline check applies."""
     return ClaimResult(kind="regression", case_id=case_id, verdict=Verdict.PASS, measured=ssim, threshold=None,
                        message=f"{case_id}: pipeline regression only (no verdict at this budget), SSIM {ssim:.3f}")
+
+
+def shown_verdict(claim: str | None, verdict: str | None, outcome: str | None) -> str:
+    """The verdict as summaries and reports show it, given the pytest outcome of the test that recorded it:
+    ``xfail: …`` for a claim its suite marks as not reproduced, ``fail(base)`` for a claim that held while the
+    baseline check failed, ``regression`` for a pipeline regression that passed."""
+    if claim is None:
+        return "no claim"
+    failed = outcome not in (None, "passed", "skipped")
+    if outcome == "skipped":  # xfail: the claim did not hold and the suite says so
+        return f"xfail: {verdict}" if claim != "regression" else "xfail"
+    if claim == "regression":
+        return "fail(base)" if failed else "regression"
+    if verdict == "pass" and failed:
+        return "fail(base)"
+    return verdict or "?"

@@ -421,18 +421,16 @@ class _Controller:
         tr.section("giacheck summary")
         unique = {(r["suite"], r["case_id"]): r for r in self.rows}
         header = f"{'case id':52} {'claim':12} {'SSIM mean':>9} {'max':>6} {'patch*':>6} {'baseline':>8} " \
-                 f"{'verdict':>12} {'wall s':>7}"
+                 f"{'verdict':>19} {'wall s':>7}"
         tr.write_line(header)
         for row in unique.values():
             res, base = row["result"], row["baseline"]
             recorded = base.get("recorded")
-            verdict = row["verdict"] if row["outcome"] == "passed" or row["verdict"] != "pass" else "fail(base)"
-            if row["claim"] == "regression":
-                verdict = "regression" if row["outcome"] == "passed" else "fail(base)"
+            verdict = claims.shown_verdict(row["claim"], row["verdict"], row["outcome"])
             tr.write_line(
                 f"{row['case_id'][:52]:52} {row['claim']:12} {res['ssim']['mean']:9.3f} {res['ssim']['max']:6.3f} "
                 f"{res['secondary']['patch_matched_ssim']['mean']:6.3f} "
-                f"{(f'{recorded:.3f}' if recorded is not None else base['status']):>8} {verdict:>12} "
+                f"{(f'{recorded:.3f}' if recorded is not None else base['status']):>8} {verdict:>19} "
                 f"{row['wall_s']:7.1f}")
         tr.write_line("* patch: secondary, permutation-tolerant SSIM (patches matched); claims use standard SSIM")
         tr.write_line(f"results: {self.folder / 'results.json'}")

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from giacheck.claims import shown_verdict
 from giacheck.errors import GiacheckError
 
 __all__ = ["MANIFEST", "CaseRow", "load_results", "write_report"]
@@ -79,16 +80,7 @@ class CaseRow:
     @property
     def shown_verdict(self) -> str:
         """The verdict as the suite summary prints it (a baseline failure turns a passing claim into fail(base))."""
-        if self.claim is None:
-            return "no claim"
-        failed = self.outcome not in (None, "passed", "skipped")
-        if self.claim == "regression":
-            return "fail(base)" if failed else "regression"
-        if self.outcome == "skipped":  # xfail: the claim did not hold and the suite says so
-            return f"xfail: {self.verdict}"
-        if self.verdict == "pass" and failed:
-            return "fail(base)"
-        return self.verdict or "?"
+        return shown_verdict(self.claim, self.verdict, self.outcome)
 
     @property
     def shown_baseline(self) -> str:

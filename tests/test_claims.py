@@ -1,0 +1,51 @@
+"""Claim verdicts and their messages (pure Python): inconclusive never passes, baselines are one-sided for
+leakage and two-sided for positive controls, and what summaries show for each pytest outcome."""
+
+from __future__ import annotations
+
+import pytest
+
+from giacheck import claims
+from giacheck.claims import Verdict
+
+
+def test_infeasible_is_inconclusive_without_a_reconstructing_control() -> None:
+    weak = claims.feasible("ctl", 0.4, min_ssim=0.6)
+    claim = claims.infeasible("case", 0.01, max_ssim=0.3, control=weak)
+    assert claim.verdict is Verdict.INCONCLUSIVE and not claim.passed
+    assert "INCONCLUSIVE" in claim.message and "ctl reached only 0.400 < 0.600" in claim.message
+    strong = claims.feasible("ctl", 0.8, min_ssim=0.6)
+    assert claims.infeasible("case", 0.31, max_ssim=0.3, control=strong).verdict is Verdict.FAIL
+    assert claims.infeasible("case", 0.30, max_ssim=0.3, control=strong).passed
+    with pytest.raises(ValueError, match="must be a feasible claim"):
+        claims.infeasible("case", 0.1, max_ssim=0.3, control=claims.regression("ctl", 0.8))
+
+
+def test_ordering_of_two_failures_is_inconclusive() -> None:
+    assert claims.ordering("a", 0.2, "b", 0.1, margin=0.0, min_high=0.3).verdict is Verdict.INCONCLUSIVE
+    assert claims.ordering("a", 0.5, "b", 0.46, margin=0.05, min_high=0.3).verdict is Verdict.FAIL
+    assert claims.ordering("a", 0.5, "b", 0.44, margin=0.05, min_high=0.3).passed
+
+
+@pytest.mark.parametrize(("ssim", "positive", "passed"), [
+    (0.56, False, False), (0.54, False, True), (0.40, False, True),  # leakage: one-sided
+    (0.56, True, False), (0.44, True, False), (0.46, True, True),  # positive control: two-sided
+])
+def test_baseline_check(ssim: float, positive: bool, passed: bool) -> None:
+    check = claims.baseline_check("case", ssim, recorded=0.5, tolerance=0.05, positive=positive)
+    assert check.passed is passed
+    assert "recorded 0.500, tolerance 0.050" in check.message
+
+
+@pytest.mark.parametrize(("claim", "verdict", "outcome", "shown"), [
+    ("feasible", "pass", "passed", "pass"),
+    ("feasible", "pass", "failed", "fail(base)"),  # the claim held, the baseline check failed
+    ("feasible", "fail", "skipped", "xfail: fail"),  # a strict xfail: the suite says it does not reproduce
+    ("infeasible", "inconclusive", "failed", "inconclusive"),
+    ("regression", "pass", "passed", "regression"),
+    ("regression", "pass", "failed", "fail(base)"),
+    ("regression", "pass", "skipped", "xfail"),  # e.g. Figure 4's gain assertion after a regression
+    (None, None, None, "no claim"),
+])
+def test_shown_verdict(claim: str | None, verdict: str | None, outcome: str | None, shown: str) -> None:
+    assert claims.shown_verdict(claim, verdict, outcome) == shown
