@@ -146,7 +146,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_init_pack(args: argparse.Namespace) -> int:
     from giacheck.scaffold import scaffold_pack
 
-    written = scaffold_pack(args.folder, _pack_from(args), threshold=args.threshold)
+    written = scaffold_pack(args.folder, _pack_from(args))
     for path in written.values():
         print(path)
     print(f"next: pytest {args.folder} -n 2 --giacheck-update-all   (record baselines, then commit them)")

@@ -6,12 +6,13 @@ before anything is written, and nothing is written into a folder that already ho
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
 
 from giacheck.errors import GiacheckError
-from giacheck.pack import Pack
+from giacheck.pack import Pack, Rule
 
 __all__ = ["PACK_MODULE", "scaffold_pack"]
 
@@ -41,9 +42,9 @@ PACK = Pack(
     num_classes={num_classes!r},
     grid=Grid(batch_sizes={batch_sizes!r}, bn={bn!r}, stats={stats!r}, updates={updates!r}),
     rules=(
-        Rule("no configuration exceeds SSIM {threshold:g}", max_ssim={threshold!r}),
+{rules}
     ),
-    baselines=Path(__file__).parent / "baselines",
+{extra}    baselines=Path(__file__).parent / "baselines",
 )
 
 
@@ -77,7 +78,7 @@ The positive control (`{control}`) shows that the attack reconstructs under the 
 {not_applicable}'''
 
 
-def scaffold_pack(folder: Path | str, pack: Pack, *, threshold: float) -> dict[str, Path]:
+def scaffold_pack(folder: Path | str, pack: Pack) -> dict[str, Path]:
     """Write ``test_privacy_pack.py``, ``baselines/`` and ``README.md`` for ``pack`` into ``folder``.
 
     Raises:
@@ -94,7 +95,9 @@ def scaffold_pack(folder: Path | str, pack: Pack, *, threshold: float) -> dict[s
     values = {
         "name": pack.name, "model": pack.model, "input_size": pack.resolution, "num_classes": entry.num_classes,
         "batch_sizes": pack.grid.batch_sizes, "bn": tuple(map(str, pack.grid.bn)),
-        "stats": tuple(map(str, pack.grid.stats)), "updates": pack.grid.updates, "threshold": threshold,
+        "stats": tuple(map(str, pack.grid.stats)), "updates": pack.grid.updates,
+        "rules": "\n".join(f"        {_rule_source(rule)}," for rule in pack.rules),
+        "extra": "".join(f"    {key}={value!r},\n" for key, value in _non_defaults(pack)),
         "folder": _shown(folder), "module": PACK_MODULE, "control": pack.control_id,
         "cases": ", ".join(f"`{c.id}`" for c in plan.cases),
         "not_applicable": "".join(f"\nNot applicable: `{cid}` ({why}).\n" for cid, why in plan.not_applicable),
@@ -109,6 +112,17 @@ def scaffold_pack(folder: Path | str, pack: Pack, *, threshold: float) -> dict[s
     _write(written["baselines"] / ".gitkeep", "")
     log.info("scaffolded pack %s in %s (%d configurations)", pack.name, folder, len(plan.cases))
     return written
+
+
+def _rule_source(rule: Rule) -> str:
+    where = f", where={rule.where!r}" if rule.where else ""
+    return f"Rule({rule.text!r}, max_ssim={rule.max_ssim!r}{where})"
+
+
+def _non_defaults(pack: Pack) -> list[tuple[str, object]]:
+    """The pack's control, data and seed where they differ from the defaults (the module shows only those)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Pack) if f.name in ("control", "data", "seed")}
+    return [(name, getattr(pack, name)) for name, default in defaults.items() if getattr(pack, name) != default]
 
 
 def _write(path: Path, text: str) -> Path:

@@ -3,6 +3,7 @@ scaffold with ``init-pack`` → record → pass → the model changes and leaks 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -230,3 +231,27 @@ def test_pack_as_an_installed_package_finds_its_baselines(pytester: pytest.Pytes
     assert (package / "baselines" / "smoke" / "acme" / "acme-16-bn_train-bs4-stats_none.json").is_file()
     assert not (elsewhere / "baselines").exists()
     pytester.runpytest_subprocess("--pyargs", "acme_privacy").assert_outcomes(passed=2)
+
+
+def test_scaffolded_module_rebuilds_the_same_pack(tmp_path: Path) -> None:
+    """``init-pack`` writes the pack it was given: rules (with ``where``), control, seed; it imports and plans."""
+    import importlib.util
+
+    from giacheck.scaffold import PACK_MODULE, scaffold_pack
+
+    pack = Pack(name="acme_roundtrip", model="giacheck.examples:classifier", input_size=16, num_classes=10,
+                grid=Grid(batch_sizes=(1, 8), bn="train,eval", stats="none,exact"),
+                rules=(Rule("no configuration exceeds SSIM 0.3", max_ssim=0.3),
+                       Rule("bs >= 8 is infeasible", max_ssim=0.1, where="bs>=8")),
+                control="lenet_sigmoid-32-bn_eval-bs1-stats_none", seed=3)
+    written = scaffold_pack(tmp_path / "pack", pack)
+    assert written["module"].name == PACK_MODULE
+    spec = importlib.util.spec_from_file_location("scaffolded_pack", written["module"])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rebuilt = module.PACK
+    assert rebuilt.baselines == tmp_path / "pack" / "baselines"
+    assert rebuilt == dataclasses.replace(pack, baselines=rebuilt.baselines)
+    assert rebuilt.case_ids() == pack.case_ids()
+    readme = written["readme"].read_text()
+    assert "acme_roundtrip-16-bn_eval-bs8-stats_none" in readme and "Not applicable" in readme
