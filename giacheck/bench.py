@@ -6,6 +6,9 @@ Measured side by side in one process, on the same model and input (resnet18_cifa
 (b) giacheck's attack iteration ÷ a bare, hand-written autograd loop of the same math;
 (c) throughput of R=4 restarts batched (vmap) ÷ 4 restarts run one after another.
 
+``giacheck bench --kernels`` measures instead, per model, an attack iteration with stock PyTorch ÷ one with
+giacheck's depthwise convolution for the second-order pass (``attack/kernels.py``).
+
 Each figure is the median over ``repeats`` interleaved rounds, so drifts in machine load hit both sides.
 """
 
@@ -19,12 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from giacheck.attack import invert
+from giacheck.attack.kernels import stock_kernels
 from giacheck.client import simulate_update
 from giacheck.data import BundledImages, select_batch
 from giacheck.models import build
 from giacheck.specs import AttackSpec, BNMode, ClientSpec
 
-__all__ = ["BenchResult", "run_bench"]
+__all__ = ["BenchResult", "KernelBench", "run_bench", "run_kernel_bench"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,13 +111,7 @@ def run_bench(*, device: str = "cpu", steps: int = 10, repeats: int = 3, resolut
         "seq4": lambda: _attack_seconds(model, update, labels, steps, 4, False),
         "batch4": lambda: _attack_seconds(model, update, labels, steps, 4, True),
     }
-    for fn in contenders.values():  # warm-up: allocator, kernels, lazy imports
-        fn()
-    samples: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            samples[name].append(fn())
-    med = {k: statistics.median(v) for k, v in samples.items()}
+    med = _interleaved_medians(contenders, repeats)
     return BenchResult(
         model="resnet18_cifar", device=str(dev),
         train_step_s=med["train"], attack_iter_s=med["attack"], bare_iter_s=med["bare"],
@@ -122,3 +120,53 @@ def run_bench(*, device: str = "cpu", steps: int = 10, repeats: int = 3, resolut
         giacheck_over_bare=med["attack"] / med["bare"],
         batched_speedup=med["seq4"] / med["batch4"],
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KernelBench:
+    """Seconds per attack iteration with stock PyTorch and with giacheck's kernels, on one model."""
+
+    model: str
+    device: str
+    stock_iter_s: float
+    kernels_iter_s: float
+    speedup: float
+
+    def to_dict(self) -> dict[str, float | str]:
+        return asdict(self)
+
+
+def run_kernel_bench(models: tuple[str, ...] = ("convnext_t_cifar",), *,
+                     device: str = "cpu", steps: int = 10, repeats: int = 3,
+                     resolution: int = 32) -> list[KernelBench]:
+    """Stock vs giacheck kernels, interleaved ``repeats`` times per model (eval-mode client, bs1)."""
+    dev = torch.device(device)
+    batch = select_batch(BundledImages(10), batch_size=1, size=resolution)
+    images, labels = batch.images.to(dev), batch.labels.to(dev)
+    return [_kernel_bench(name, dev, images, labels, steps, repeats, resolution) for name in models]
+
+
+def _kernel_bench(name: str, dev: torch.device, images, labels, steps: int, repeats: int,
+                  resolution: int) -> KernelBench:
+    model = build(name, resolution).to(dev)
+    update = simulate_update(model, images, labels, ClientSpec(bn_mode=BNMode.EVAL))
+
+    def stock() -> float:
+        with stock_kernels():
+            return _attack_seconds(model, update, labels, steps, 1, False)
+
+    med = _interleaved_medians({"stock": stock, "kernels": lambda: _attack_seconds(model, update, labels, steps, 1,
+                                                                                    False)}, repeats)
+    return KernelBench(model=name, device=str(dev), stock_iter_s=med["stock"], kernels_iter_s=med["kernels"],
+                       speedup=med["stock"] / med["kernels"])
+
+
+def _interleaved_medians(contenders: dict, repeats: int) -> dict[str, float]:
+    """One warm-up call each (allocator, kernels, lazy imports), then ``repeats`` interleaved rounds."""
+    for fn in contenders.values():
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            samples[name].append(fn())
+    return {k: statistics.median(v) for k, v in samples.items()}

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=10, help="iterations per timed run")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--kernels", nargs="*", metavar="MODEL",
+                       help="attack iterations with stock PyTorch vs giacheck's depthwise convolution, per model "
+                            "(default: convnext_t_cifar)")
 
     models = sub.add_parser("models", help="list registered models with their metadata")
     models.add_argument("--json", action="store_true")
@@ -178,9 +181,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_kernels(args: argparse.Namespace) -> int:
+    from giacheck.bench import run_kernel_bench
+    from giacheck.models import get_entry
+
+    for name in args.kernels:
+        get_entry(name)  # an unknown model fails here, naming the valid ones, before any compute
+    models = tuple(args.kernels) or ("convnext_t_cifar",)
+    results = run_kernel_bench(models, device=args.device, steps=args.steps, repeats=args.repeats)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, sort_keys=True))
+        return 0
+    print(f"attack iteration @32 bs1 eval, device {results[0].device}: stock PyTorch -> giacheck's depthwise conv")
+    for r in results:
+        print(f"  {r.model:22} {r.stock_iter_s * 1e3:8.1f} ms -> {r.kernels_iter_s * 1e3:8.1f} ms   "
+              f"x{r.speedup:.2f}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from giacheck.bench import run_bench
 
+    if args.kernels is not None:
+        return _bench_kernels(args)
     result = run_bench(device=args.device, steps=args.steps, repeats=args.repeats)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))

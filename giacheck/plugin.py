@@ -25,6 +25,7 @@ from giacheck import claims
 from giacheck.baselines import BaselineStore
 from giacheck.errors import BaselineError
 from giacheck.jsonio import write_json_atomic
+from giacheck.sharedcache import SharedResults
 
 __all__ = ["GiaFixture", "pytest_addoption", "pytest_configure", "visible_gpus"]
 
@@ -190,6 +191,7 @@ class GiaFixture:
     cache: dict[str, Any]
     suite: str
     baselines_root: Path | None = None  # a pack's own baselines folder; None: --giacheck-baselines
+    shared: SharedResults | None = None  # under xdist: cases finished by any worker of this run
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -206,7 +208,8 @@ class GiaFixture:
             pytest.skip(f"needs the {profile!r} profile: {why}")
 
     def run(self, case_id: str, **kwargs: Any):
-        """Run (or reuse, within this worker) one case under the session's profile and device."""
+        """Run one case under the session's profile and device, or reuse it: computed once per worker, and
+        under xdist once per run (:mod:`giacheck.sharedcache`)."""
         from giacheck.artifacts import save_result
         from giacheck.runner import run_case
 
@@ -214,10 +217,14 @@ class GiaFixture:
             pytest.skip("the paper profile needs a GPU: pass --giacheck-device cuda (profile 'smoke' runs on CPU)")
         key = json.dumps([case_id, self.profile, self.device, sorted(kwargs.items())], default=str)
         if key not in self.cache:
-            start = time.perf_counter()
-            result = run_case(case_id, profile=self.profile, device=self.device, **kwargs)
-            self.cache[key] = (result, time.perf_counter() - start, set())
-        result, _, saved = self.cache[key]
+            def compute() -> tuple[Any, float]:
+                start = time.perf_counter()
+                return run_case(case_id, profile=self.profile, device=self.device, **kwargs), \
+                    time.perf_counter() - start
+
+            result, wall, reused = self.shared.get_or_compute(key, compute) if self.shared else (*compute(), False)
+            self.cache[key] = (result, wall, set(), "another worker" if reused else "computed")
+        result, _, saved, _ = self.cache[key]
         folder = Path(option(self.config, "artifacts")) / self.profile / self.suite
         if folder not in saved:  # a case shared by two suites (or a pack's control) gets its PNG in each
             save_result(result, folder)
@@ -335,7 +342,8 @@ class GiaFixture:
         payload = {
             "suite": self.suite, "case_id": result.case_id, "profile": self.profile, "claim": claim.kind,
             "verdict": str(claim.verdict), "message": claim.message, "baseline": baseline,
-            "wall_s": self.cache[key][1], "nodeid": self.item.nodeid, "result": result.to_dict(),
+            "wall_s": self.cache[key][1], "origin": self.cache[key][3], "nodeid": self.item.nodeid,
+            "result": result.to_dict(),
             "baselines_root": str(self._baselines_root()),
         }
         self.item.user_properties.append((PROPERTY, json.dumps(payload, allow_nan=False)))
@@ -358,7 +366,20 @@ def gia(request: pytest.FixtureRequest) -> GiaFixture:
     config = request.config
     cache = config.stash.setdefault(_CACHE, {})
     suite = Path(str(request.node.path)).stem
-    return GiaFixture(config=config, item=request.node, cache=cache, suite=suite)
+    folder = getattr(config, "workerinput", {}).get(_SHARED_KEY)
+    return GiaFixture(config=config, item=request.node, cache=cache, suite=suite,
+                      shared=SharedResults(Path(folder)) if folder else None)
+
+
+_SHARED_KEY = "giacheck_shared_results"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Hand every xdist worker (restarted ones too) the run's shared-results folder."""
+    controller = node.config.stash.get(_CONTROLLER, None)
+    if controller is not None:
+        node.workerinput[_SHARED_KEY] = str(controller.shared_folder)
 
 
 # ------------------------------------------------------------------------------------------------ controller
@@ -372,6 +393,7 @@ class _Controller:
         self.folder = Path(option(config, "artifacts"))
         self.journal = self.folder / "results.jsonl"
         self.started = False
+        self.shared_folder = self.folder / ".shared" / f"run-{os.getpid()}-{time.time_ns()}"
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -404,6 +426,10 @@ class _Controller:
             store.write(payload["suite"], payload["case_id"], payload["result"])
         except BaselineError as exc:
             self.errors.append(str(exc))
+
+    @pytest.hookimpl
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        shutil.rmtree(self.shared_folder, ignore_errors=True)  # only this run's folder: others may be running
 
     @pytest.hookimpl
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

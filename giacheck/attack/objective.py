@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from giacheck.attack.bnstats import NormStatsRecorder, NormTarget, norm_modules, stats_prior
+from giacheck.attack.kernels import accelerate
 from giacheck.client import ClientUpdate, loss_of
 from giacheck.errors import InvalidUpdateError
 from giacheck.specs import AttackSpec, BNMode, UpdateKind
@@ -44,6 +45,7 @@ class Replica:
 
     def __init__(self, model: nn.Module, update: ClientUpdate, labels: torch.Tensor) -> None:
         net = copy.deepcopy(model)
+        accelerate(net)  # same math, faster second-order pass (kernels.py); the client keeps the stock modules
         net.train(update.bn_mode is BNMode.TRAIN)
         for module in net.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
