@@ -28,7 +28,7 @@ from giacheck.data import BundledImages, select_batch
 from giacheck.models import build
 from giacheck.specs import AttackSpec, BNMode, ClientSpec
 
-__all__ = ["BenchResult", "KernelBench", "run_bench", "run_kernel_bench"]
+__all__ = ["KERNEL_MODELS", "BenchResult", "KernelBench", "run_bench", "run_kernel_bench"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,7 +136,10 @@ class KernelBench:
         return asdict(self)
 
 
-def run_kernel_bench(models: tuple[str, ...] = ("convnext_t_cifar",), *,
+KERNEL_MODELS = ("convnext_t_cifar",)  # the depthwise-heavy model of the smoke profile
+
+
+def run_kernel_bench(models: tuple[str, ...] = KERNEL_MODELS, *,
                      device: str = "cpu", steps: int = 10, repeats: int = 3,
                      resolution: int = 32) -> list[KernelBench]:
     """Stock vs giacheck kernels, interleaved ``repeats`` times per model (eval-mode client, bs1)."""

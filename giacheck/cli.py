@@ -182,12 +182,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _bench_kernels(args: argparse.Namespace) -> int:
-    from giacheck.bench import run_kernel_bench
+    from giacheck.bench import KERNEL_MODELS, run_kernel_bench
     from giacheck.models import get_entry
 
     for name in args.kernels:
         get_entry(name)  # an unknown model fails here, naming the valid ones, before any compute
-    models = tuple(args.kernels) or ("convnext_t_cifar",)
+    models = tuple(args.kernels) or KERNEL_MODELS
     results = run_kernel_bench(models, device=args.device, steps=args.steps, repeats=args.repeats)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2, sort_keys=True))

@@ -9,6 +9,7 @@ summary table. Heavy imports (torch) happen inside the fixture, so ``pytest --he
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -182,13 +183,23 @@ def _pin_worker_gpu(worker: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the fixture
+@dataclass(slots=True)
+class _Cached:
+    """A case's result in this worker: how long it took, who computed it, the suites it has artifacts in."""
+
+    result: Any
+    wall_s: float
+    origin: str  # "computed" (here) or "another worker"
+    saved_in: set[Path] = field(default_factory=set)
+
+
 @dataclass
 class GiaFixture:
     """Runs cases for one test and asserts claims plus the recorded baseline; returns :class:`Result` objects."""
 
     config: pytest.Config
     item: pytest.Item
-    cache: dict[str, Any]
+    cache: dict[str, _Cached]
     suite: str
     baselines_root: Path | None = None  # a pack's own baselines folder; None: --giacheck-baselines
     shared: SharedResults | None = None  # under xdist: cases finished by any worker of this run
@@ -223,13 +234,13 @@ class GiaFixture:
                     time.perf_counter() - start
 
             result, wall, reused = self.shared.get_or_compute(key, compute) if self.shared else (*compute(), False)
-            self.cache[key] = (result, wall, set(), "another worker" if reused else "computed")
-        result, _, saved, _ = self.cache[key]
+            self.cache[key] = _Cached(result, wall, "another worker" if reused else "computed")
+        cached = self.cache[key]
         folder = Path(option(self.config, "artifacts")) / self.profile / self.suite
-        if folder not in saved:  # a case shared by two suites (or a pack's control) gets its PNG in each
-            save_result(result, folder)
-            saved.add(folder)
-        return result
+        if folder not in cached.saved_in:  # a case shared by two suites (or a pack's control) gets its PNG in each
+            save_result(cached.result, folder)
+            cached.saved_in.add(folder)
+        return cached.result
 
     def feasible(self, case_id: str, *, min_ssim: float, **kwargs: Any):
         result = self.run(case_id, **kwargs)
@@ -338,11 +349,11 @@ class GiaFixture:
         return self.baselines_root or Path(option(self.config, "baselines"))
 
     def _record(self, result: Any, claim: claims.ClaimResult, baseline: dict[str, Any]) -> None:
-        key = next(k for k, v in self.cache.items() if v[0] is result)
+        cached = next(c for c in self.cache.values() if c.result is result)
         payload = {
             "suite": self.suite, "case_id": result.case_id, "profile": self.profile, "claim": claim.kind,
             "verdict": str(claim.verdict), "message": claim.message, "baseline": baseline,
-            "wall_s": self.cache[key][1], "origin": self.cache[key][3], "nodeid": self.item.nodeid,
+            "wall_s": cached.wall_s, "origin": cached.origin, "nodeid": self.item.nodeid,
             "result": result.to_dict(),
             "baselines_root": str(self._baselines_root()),
         }
@@ -358,6 +369,7 @@ class GiaFixture:
 
 
 _CACHE = pytest.StashKey[dict]()
+_SHARED_KEY = "giacheck_shared_results"  # workerinput key: the run's shared-results folder
 
 
 @pytest.fixture
@@ -371,15 +383,16 @@ def gia(request: pytest.FixtureRequest) -> GiaFixture:
                       shared=SharedResults(Path(folder)) if folder else None)
 
 
-_SHARED_KEY = "giacheck_shared_results"
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """Hand every xdist worker (restarted ones too) the run's shared-results folder."""
     controller = node.config.stash.get(_CONTROLLER, None)
-    if controller is not None:
-        node.workerinput[_SHARED_KEY] = str(controller.shared_folder)
+    if controller is None:
+        return
+    if not controller.shared_folder.exists():  # created here, fresh and private: workers unpickle what is in it
+        controller.shared_folder.parent.mkdir(parents=True, exist_ok=True)
+        controller.shared_folder.mkdir(mode=0o700)
+    node.workerinput[_SHARED_KEY] = str(controller.shared_folder)
 
 
 # ------------------------------------------------------------------------------------------------ controller
@@ -430,6 +443,8 @@ class _Controller:
     @pytest.hookimpl
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         shutil.rmtree(self.shared_folder, ignore_errors=True)  # only this run's folder: others may be running
+        with contextlib.suppress(OSError):
+            self.shared_folder.parent.rmdir()  # and .shared/ itself once no run uses it
 
     @pytest.hookimpl
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

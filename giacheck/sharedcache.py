@@ -6,7 +6,8 @@ workers. Each worker keeps its own in-memory cache (``plugin.GiaFixture``); this
 created by the controller and handed to the workers, where a finished case is saved (atomically) under a
 digest of its key. A per-case lock file (``fcntl.flock``) makes a worker that needs a case another worker is
 computing wait for it instead of computing it again: waiting never takes longer than recomputing would, and a
-case finished earlier costs nothing. Locks are released by the kernel when a worker dies, so a crash leaves at
+case finished earlier costs nothing. The controller creates the folder fresh with mode 0700 (files in it are
+unpickled). Locks are released by the kernel when a worker dies, so a crash leaves at
 worst a case to be recomputed; a file that does not load is recomputed and replaced (it is a cache, not a
 baseline). The controller removes the folder at the end of the run. Without ``fcntl`` (Windows) nothing is
 shared and every worker computes what it needs, as before.
@@ -75,7 +76,9 @@ class SharedResults:
         import torch
 
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)  # written by this run only
+            # a Result is a dataclass (enums, dicts, tensors), so this unpickles; the folder is created fresh by
+            # this run's controller with mode 0700 and only this run's workers write into it
+            payload = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # any unreadable file is recomputed
             log.warning("shared result %s does not load (%s); recomputing it", path, exc)
             return None

@@ -13,3 +13,14 @@ def test_bench_reports_the_three_ratios(capsys) -> None:
     for key in ("attack_over_train", "giacheck_over_bare", "batched_speedup"):
         assert report[key] > 0
     assert report["model"] == "resnet18_cifar"
+
+
+def test_kernel_bench_reports_stock_and_giacheck_per_model(capsys) -> None:
+    assert main(["bench", "--kernels", "lenet_sigmoid", "--steps", "1", "--repeats", "1", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["model"] == "lenet_sigmoid" and row["stock_iter_s"] > 0 and row["kernels_iter_s"] > 0
+
+
+def test_kernel_bench_rejects_an_unknown_model_before_any_compute(capsys) -> None:
+    assert main(["bench", "--kernels", "convnext_q"]) != 0
+    assert "unknown model 'convnext_q'" in capsys.readouterr().err
