@@ -222,7 +222,7 @@ class GiaFixture:
         """Run one case under the session's profile and device, or reuse it: computed once per worker, and
         under xdist once per run (:mod:`giacheck.sharedcache`)."""
         from giacheck.artifacts import save_result
-        from giacheck.runner import run_case
+        from giacheck.runner import Result, run_case
 
         if self.profile == "paper" and self.device == "cpu":
             pytest.skip("the paper profile needs a GPU: pass --giacheck-device cuda (profile 'smoke' runs on CPU)")
@@ -233,7 +233,11 @@ class GiaFixture:
                 return run_case(case_id, profile=self.profile, device=self.device, **kwargs), \
                     time.perf_counter() - start
 
-            result, wall, reused = self.shared.get_or_compute(key, compute) if self.shared else (*compute(), False)
+            if self.shared is None:
+                result, wall, reused = (*compute(), False)
+            else:  # stored as plain values and tensors, so that workers load it with weights_only=True
+                state, wall, reused = self.shared.get_or_compute(key, lambda: _as_state(*compute()))
+                result = Result.from_state(state)
             self.cache[key] = _Cached(result, wall, "another worker" if reused else "computed")
         cached = self.cache[key]
         folder = Path(option(self.config, "artifacts")) / self.profile / self.suite
@@ -368,6 +372,10 @@ class GiaFixture:
             pytest.fail("\n".join(messages), pytrace=False)
 
 
+def _as_state(result: Any, wall: float) -> tuple[dict[str, Any], float]:
+    return result.to_state(), wall
+
+
 _CACHE = pytest.StashKey[dict]()
 _SHARED_KEY = "giacheck_shared_results"  # workerinput key: the run's shared-results folder
 
@@ -389,9 +397,7 @@ def pytest_configure_node(node: Any) -> None:
     controller = node.config.stash.get(_CONTROLLER, None)
     if controller is None:
         return
-    if not controller.shared_folder.exists():  # created here, fresh and private: workers unpickle what is in it
-        controller.shared_folder.parent.mkdir(parents=True, exist_ok=True)
-        controller.shared_folder.mkdir(mode=0o700)
+    controller.shared_folder.mkdir(parents=True, exist_ok=True)
     node.workerinput[_SHARED_KEY] = str(controller.shared_folder)
 
 

@@ -8,6 +8,7 @@ module holds the ground truth, to score the result.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import platform
@@ -96,6 +97,26 @@ class Result:
             "timings": self.timings,
             "manifest": self.manifest,
         }
+
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain values and the two image tensors only, so ``torch.load(weights_only=True)`` reads it back
+        (:meth:`from_state`): enums become strings, tuples lists, and PSNR may be ``inf``."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        tensors = {name: fields.pop(name).contiguous() for name in _TENSOR_FIELDS}
+        return {"fields": json.loads(json.dumps(fields, default=str)), **tensors}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Result:
+        fields = dict(state["fields"])
+        for name in _TUPLE_FIELDS:
+            fields[name] = tuple(fields[name])
+        fields["selection"] = Selection(fields["selection"])
+        return cls(**fields, **{name: state[name] for name in _TENSOR_FIELDS})
+
+
+_TENSOR_FIELDS = ("original", "reconstruction")
+_TUPLE_FIELDS = ("ssim", "psnr", "patch_ssim", "curve")
 
 
 def _finite(value: float) -> float | None:

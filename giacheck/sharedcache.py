@@ -6,8 +6,8 @@ workers. Each worker keeps its own in-memory cache (``plugin.GiaFixture``); this
 created by the controller and handed to the workers, where a finished case is saved (atomically) under a
 digest of its key. A per-case lock file (``fcntl.flock``) makes a worker that needs a case another worker is
 computing wait for it instead of computing it again: waiting never takes longer than recomputing would, and a
-case finished earlier costs nothing. The controller creates the folder fresh with mode 0700 (files in it are
-unpickled). Locks are released by the kernel when a worker dies, so a crash leaves at
+case finished earlier costs nothing. Results are stored as plain values and tensors (``Result.to_state``) and
+read with ``torch.load(weights_only=True)``. Locks are released by the kernel when a worker dies, so a crash leaves at
 worst a case to be recomputed; a file that does not load is recomputed and replaced (it is a cache, not a
 baseline). The controller removes the folder at the end of the run. Without ``fcntl`` (Windows) nothing is
 shared and every worker computes what it needs, as before.
@@ -37,7 +37,8 @@ log = logging.getLogger("giacheck.sharedcache")
 
 @dataclass(frozen=True, slots=True)
 class SharedResults:
-    """A run's shared folder of finished cases; ``compute`` returns ``(result, wall seconds)``."""
+    """A run's shared folder of finished cases; ``compute`` returns ``(result, wall seconds)``, the result made of
+    what ``torch.load(weights_only=True)`` reads (plain values, lists, dicts, tensors)."""
 
     folder: Path
 
@@ -76,9 +77,7 @@ class SharedResults:
         import torch
 
         try:
-            # a Result is a dataclass (enums, dicts, tensors), so this unpickles; the folder is created fresh by
-            # this run's controller with mode 0700 and only this run's workers write into it
-            payload = torch.load(path, map_location="cpu", weights_only=False)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # any unreadable file is recomputed
             log.warning("shared result %s does not load (%s); recomputing it", path, exc)
             return None

@@ -294,3 +294,14 @@ def test_train_mode_batchnorm_with_one_value_per_channel_is_refused(monkeypatch:
 
 def _must_not_run(*args, **kwargs):
     raise AssertionError("the client ran")
+
+
+def test_result_state_round_trips_through_a_weights_only_load(tmp_path) -> None:
+    """What xdist workers share (giacheck.sharedcache): plain values and tensors, loadable without pickles."""
+    result = run_case("lenet_sigmoid-32-bn_eval-bs2-stats_none-init_p0.5", attack=TINY)
+    path = tmp_path / "state.pt"
+    torch.save(result.to_state(), path)
+    back = Result.from_state(torch.load(path, weights_only=True))
+    assert json.dumps(back.to_dict()) == json.dumps(result.to_dict())  # what reports and baselines get
+    assert back.selection is result.selection and back.ssim == result.ssim
+    assert torch.equal(back.original, result.original) and torch.equal(back.reconstruction, result.reconstruction)
