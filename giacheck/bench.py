@@ -7,7 +7,8 @@ Measured side by side in one process, on the same model and input (resnet18_cifa
 (c) throughput of R=4 restarts batched (vmap) ÷ 4 restarts run one after another.
 
 ``giacheck bench --kernels`` measures instead, per model, an attack iteration with stock PyTorch ÷ one with
-giacheck's depthwise convolution for the second-order pass (``attack/kernels.py``).
+giacheck's kernels: the depthwise convolution for the second-order pass (``attack/kernels.py``) and the
+factored update distance (``attack/lowrank.py``).
 
 Each figure is the median over ``repeats`` interleaved rounds, so drifts in machine load hit both sides.
 """
@@ -136,7 +137,8 @@ class KernelBench:
         return asdict(self)
 
 
-KERNEL_MODELS = ("convnext_t_cifar",)  # the depthwise-heavy model of the smoke profile
+# the smoke profile's costliest families: a legacy CNN, a window transformer, the depthwise-heavy ConvNeXt
+KERNEL_MODELS = ("resnet18_cifar", "swin_t_cifar", "convnext_t_cifar")
 
 
 def run_kernel_bench(models: tuple[str, ...] = KERNEL_MODELS, *,

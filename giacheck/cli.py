@@ -45,8 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--kernels", nargs="*", metavar="MODEL",
-                       help="attack iterations with stock PyTorch vs giacheck's depthwise convolution, per model "
-                            "(default: convnext_t_cifar)")
+                       help="attack iterations with stock PyTorch vs giacheck's kernels (depthwise convolution, "
+                            "factored update distance), per model (default: resnet18_cifar swin_t_cifar "
+                            "convnext_t_cifar)")
 
     models = sub.add_parser("models", help="list registered models with their metadata")
     models.add_argument("--json", action="store_true")
@@ -192,7 +193,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2, sort_keys=True))
         return 0
-    print(f"attack iteration @32 bs1 eval, device {results[0].device}: stock PyTorch -> giacheck's depthwise conv")
+    print(f"attack iteration @32 bs1 eval, device {results[0].device}: stock PyTorch -> giacheck's kernels")
     for r in results:
         print(f"  {r.model:22} {r.stock_iter_s * 1e3:8.1f} ms -> {r.kernels_iter_s * 1e3:8.1f} ms   "
               f"x{r.speedup:.2f}")

@@ -24,20 +24,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DepthwiseConv2d", "accelerate", "stock_kernels"]
+__all__ = ["DepthwiseConv2d", "accelerate", "stock_kernels", "using_stock_kernels"]
 
 _STOCK = False
 
 
 @contextlib.contextmanager
 def stock_kernels() -> Iterator[None]:
-    """Within this block :func:`accelerate` leaves replicas stock (for ``giacheck bench --kernels``)."""
+    """Within this block replicas stay stock: no depthwise kernel, no factored distance (``lowrank.py``);
+    for ``giacheck bench --kernels``."""
     global _STOCK
     previous, _STOCK = _STOCK, True
     try:
         yield
     finally:
         _STOCK = previous
+
+
+def using_stock_kernels() -> bool:
+    """True inside :func:`stock_kernels`."""
+    return _STOCK
 
 
 class _DepthwiseConv(torch.autograd.Function):

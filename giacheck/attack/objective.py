@@ -8,6 +8,7 @@ gradient and ``vmap`` it over restarts.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -16,7 +17,8 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from giacheck.attack.bnstats import NormStatsRecorder, NormTarget, norm_modules, stats_prior
-from giacheck.attack.kernels import accelerate
+from giacheck.attack.kernels import accelerate, using_stock_kernels
+from giacheck.attack.lowrank import LowRankPlan, plan_low_rank
 from giacheck.client import ClientUpdate, loss_of
 from giacheck.errors import InvalidUpdateError
 from giacheck.specs import AttackSpec, BNMode, UpdateKind
@@ -33,6 +35,10 @@ def cosine_distance(update: list[torch.Tensor], target: list[torch.Tensor], targ
     """``1 − cos`` between two updates given as matching lists of tensors, accumulated tensor by tensor."""
     dot = torch.stack([(u * t).sum() for u, t in zip(update, target, strict=True)]).sum()
     norm_sq = torch.stack([u.pow(2).sum() for u in update]).sum()
+    return _one_minus_cos(dot, norm_sq, target_norm)
+
+
+def _one_minus_cos(dot: torch.Tensor, norm_sq: torch.Tensor, target_norm: float) -> torch.Tensor:
     return 1.0 - dot / (norm_sq.sqrt() * target_norm + 1e-12)
 
 
@@ -65,6 +71,16 @@ class Replica:
         self.target_norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in self.target))
         self.norms = norm_modules(net)
         self.loss = loss_of(net)
+        self.low_rank = self._plan_low_rank()
+
+    def _plan_low_rank(self) -> LowRankPlan:
+        """The factored distance (``lowrank.py``) for a FedSGD update; probed on seeded noise."""
+        if self.update.kind is not UpdateKind.FEDSGD or using_stock_kernels():
+            return LowRankPlan({}, {})
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        probe = torch.rand(self.update.input_shape, generator=gen).to(self.target[0])  # its device and dtype
+        return plan_low_rank(self.net, lambda: self.loss(self.net(probe), self.labels), self.params,
+                             dict(zip(self.names, self.target, strict=True)))
 
     def dummy_update(self, x: torch.Tensor, recorder: NormStatsRecorder | None = None, *,
                      functional: bool = True) -> list[torch.Tensor]:
@@ -108,9 +124,20 @@ class Replica:
         use_prior = stats is not None and spec.bn_weight > 0
         recorder = NormStatsRecorder({n: self.norms[n] for n in stats.mean}) if use_prior else None
 
+        factored = not functional and bool(self.low_rank)
+        targets = dict(zip(self.names, self.target, strict=True))
+
+        def distance(x: torch.Tensor) -> torch.Tensor:
+            if not factored:
+                return cosine_distance(self.dummy_update(x, recorder, functional=functional), self.target,
+                                       self.target_norm)
+            with recorder.recording() if recorder is not None else contextlib.nullcontext():
+                dot, norm_sq = self.low_rank.distance_terms(lambda: self.loss(self.net(x), self.labels),
+                                                            self.params, targets)
+            return _one_minus_cos(dot, norm_sq, self.target_norm)
+
         def f(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            update = self.dummy_update(x, recorder, functional=functional)
-            dist = cosine_distance(update, self.target, self.target_norm)
+            dist = distance(x)
             total = dist + spec.tv_weight * total_variation(x)
             if use_prior:
                 total = total + spec.bn_weight * stats_prior(recorder.mean, recorder.var, stats, spec.bn_prior)
