@@ -26,7 +26,7 @@ def test_analogue_32px_bs1_leaks_more_than_bs2(gia) -> None:
     """Analogue at 32×32 (adapted Swin-T), not the paper's setting: bs1 leaks more than bs2 ("more": margin 0).
 
     Measured differences: +0.096 (0.524 vs 0.428) on the machine that first recorded the baselines and +0.047
-    (0.525 vs 0.478) on an AMD EPYC — float reductions differ between CPU models and the signed-gradient attack
+    (0.525 vs 0.477) on an AMD EPYC — float reductions differ between CPU models and the signed-gradient attack
     amplifies them by up to 0.05 SSIM, so a margin of that size would test the CPU, not the claim.
     """
     gia.ordering("swin_t_cifar-32-bn_eval-bs1-stats_none", "swin_t_cifar-32-bn_eval-bs2-stats_none", margin=0.0,
