@@ -3,7 +3,8 @@
 ``1 − cos(Δ_dummy, Δ_client)`` over the whole concatenated update, accumulated per tensor in the update's
 dtype (no flattening, no float64 copy), ``+ λ_TV·TV(x)`` and, when a statistics target is given,
 ``+ λ_BN·prior``. Everything is a pure function of the image batch so that ``torch.func`` can take its
-gradient and ``vmap`` it over restarts.
+gradient and ``vmap`` it over restarts. A FedSGD objective run one restart at a time computes the cosine's
+terms for wide, few-row layers without forming their gradients (``lowrank.py``; the same math).
 """
 
 from __future__ import annotations
