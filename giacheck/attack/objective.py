@@ -69,6 +69,7 @@ class Replica:
         self.frozen = {n: p for n, p in named.items() if n not in update.tensors}
         self.buffers = dict(net.named_buffers())
         self.target = [update.tensors[n] for n in self.names]
+        self.target_by_name = dict(zip(self.names, self.target, strict=True))
         self.target_norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in self.target))
         self.norms = norm_modules(net)
         self.loss = loss_of(net)
@@ -81,7 +82,7 @@ class Replica:
         gen = torch.Generator(device="cpu").manual_seed(0)
         probe = torch.rand(self.update.input_shape, generator=gen).to(self.target[0])  # its device and dtype
         return plan_low_rank(self.net, lambda: self.loss(self.net(probe), self.labels), self.params,
-                             dict(zip(self.names, self.target, strict=True)))
+                             self.target_by_name)
 
     def dummy_update(self, x: torch.Tensor, recorder: NormStatsRecorder | None = None, *,
                      functional: bool = True) -> list[torch.Tensor]:
@@ -126,7 +127,6 @@ class Replica:
         recorder = NormStatsRecorder({n: self.norms[n] for n in stats.mean}) if use_prior else None
 
         factored = not functional and bool(self.low_rank)
-        targets = dict(zip(self.names, self.target, strict=True))
 
         def distance(x: torch.Tensor) -> torch.Tensor:
             if not factored:
@@ -134,7 +134,7 @@ class Replica:
                                        self.target_norm)
             with recorder.recording() if recorder is not None else contextlib.nullcontext():
                 dot, norm_sq = self.low_rank.distance_terms(lambda: self.loss(self.net(x), self.labels),
-                                                            self.params, targets)
+                                                            self.params, self.target_by_name)
             return _one_minus_cos(dot, norm_sq, self.target_norm)
 
         def f(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
