@@ -89,7 +89,7 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
     plan = pack.plan()  # also validates the control
     stream = stream or sys.stderr
     bar = _Progress(len(plan.cases) + 1, stream, enabled=stream.isatty() if progress is None else progress)
-    kwargs = pack.run_kwargs()
+    options = pack.run_options()
     artifacts = out / profile / pack.name
     out.mkdir(parents=True, exist_ok=True)
     _write_manifest(out, profile)
@@ -109,12 +109,12 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
         bar.step(f"{result.case_id}: SSIM {result.ssim_mean:.3f} {claim.verdict}")
 
     start = time.perf_counter()
-    control_result = run_case(pack.control_id, profile=profile, device=device, **kwargs)
+    control_result = run_case(pack.control_id, profile=profile, device=device, options=options)
     control = pack.control_claim(control_result.ssim_mean)
     record(control_result, control, time.perf_counter() - start)
     for case in plan.cases:
         start = time.perf_counter()
-        result = run_case(case, profile=profile, device=device, **kwargs)
+        result = run_case(case, profile=profile, device=device, options=options)
         record(result, pack.judge(case.id, result.ssim_mean, control), time.perf_counter() - start)
     bar.close()
     files = {"results": write_json_atomic({"profile": profile, "cases": payloads}, out / "results.json"),

@@ -162,14 +162,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from giacheck.artifacts import save_result
     from giacheck.runner import run_case
-    from giacheck.specs import get_profile
+    from giacheck.specs import RunOptions, get_profile
 
     attack = get_profile(args.profile).attack
     overrides = {k: v for k, v in (("iterations", args.iterations), ("restarts", args.restarts)) if v is not None}
     attack = dataclasses.replace(attack, **overrides)
     log_every = max(1, attack.iterations // 10)
-    result = run_case(args.case_id, profile=args.profile, device=args.device, seed=args.seed, data=args.data,
-                      attack=attack, log_every=log_every)
+    options = RunOptions(seed=args.seed, data=args.data, budget=attack)
+    result = run_case(args.case_id, profile=args.profile, device=args.device, options=options, log_every=log_every)
     if args.out:
         paths = save_result(result, args.out)
         log.info("wrote %s and %s", paths["png"], paths["json"])

@@ -36,6 +36,7 @@ from giacheck.specs import (
     ClientSpec,
     LabelKnowledge,
     ModelSpec,
+    RunOptions,
     StatsAccess,
     ThreatSpec,
     UpdateKind,
@@ -318,12 +319,9 @@ class Pack:
     def control_id(self) -> str:
         return self.control or default_control(self.resolution)
 
-    def run_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`giacheck.runner.run_case`, the same for every case and the control."""
-        kwargs: dict[str, Any] = {"data": self.data, "seed": self.seed}
-        if self.attack is not None:
-            kwargs["attack"] = self.attack
-        return kwargs
+    def run_options(self) -> RunOptions:
+        """How every case and the control run (:func:`giacheck.runner.run_case`): the same for all of them."""
+        return RunOptions(seed=self.seed, data=self.data, budget=self.attack)
 
     # -- verdicts
     def rules_for(self, case_id: str) -> list[Rule]:

@@ -282,7 +282,7 @@ class GiaFixture:
         """A pack's positive control: it must reconstruct (and not get weaker than recorded), or the pack's
         infeasibility rules prove nothing."""
         self._use_pack(pack)
-        result = self.run(pack.control_id, **pack.run_kwargs())
+        result = self.run(pack.control_id, **pack.run_options())
         self._conclude(result, pack.control_claim(result.ssim_mean), positive=True)
         return result
 
@@ -290,7 +290,7 @@ class GiaFixture:
         """One configuration of a pack: the strictest rule that applies (conclusive only with the control
         reconstructing under the same budget), or a regression; and its recorded baseline (one-sided)."""
         self._use_pack(pack)
-        kwargs = pack.run_kwargs()
+        kwargs = pack.run_options()
         control = None
         if pack.rules_for(case_id):
             control = pack.control_claim(self.run(pack.control_id, **kwargs).ssim_mean)

@@ -30,7 +30,7 @@ from giacheck.data import disjoint_pool, open_source, select_batch
 from giacheck.errors import DatasetError, GiacheckError, InvalidCaseError
 from giacheck.models import build, get_entry
 from giacheck.models.yolo import annotated_images, detection_targets
-from giacheck.specs import AttackSpec, BNMode, Case, LabelKnowledge, Selection, StatsAccess, get_profile
+from giacheck.specs import BNMode, Case, LabelKnowledge, RunOptions, Selection, StatsAccess, get_profile
 from giacheck.validation import check_case
 
 __all__ = ["Result", "controlled_init", "cpu_model", "manifest", "resolve_device", "run_case"]
@@ -128,20 +128,16 @@ def run_case(
     *,
     profile: str = "smoke",
     device: str = "cpu",
-    seed: int = 0,
-    data: str = "bundled",
-    attack: AttackSpec | None = None,
+    options: RunOptions | None = None,
     log_every: int = 0,
 ) -> Result:
     """Simulate the client update of ``case`` and attack it.
 
     Args:
         case: a :class:`Case` or a case id.
-        profile: budget name (``smoke``, ``paper``); ``attack`` overrides its attack spec.
+        profile: budget name (``smoke``, ``paper``); ``options.budget`` overrides its attack spec.
         device: torch device for model, client and attack.
-        seed: seeds the model initialization, the attack's noise and any controlled initialization.
-        data: image source spec (see :func:`giacheck.data.open_source`).
-        attack: attack hyper-parameters/budget overriding the profile's.
+        options: seed, image source and budget (:class:`RunOptions`).
         log_every: log attack progress every this many iterations.
 
     Raises:
@@ -149,7 +145,9 @@ def run_case(
     """
     t0 = time.perf_counter()
     case = Case.parse(case) if isinstance(case, str) else case
-    spec = attack or get_profile(profile).attack
+    options = options or RunOptions()
+    seed, data = options.seed, options.data
+    spec = options.budget or get_profile(profile).attack
     entry = get_entry(case.model.name)
     source = open_source(data, num_classes=entry.num_classes)
     check_case(case, entry=entry, source=source)

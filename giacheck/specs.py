@@ -28,6 +28,7 @@ __all__ = [
     "LabelKnowledge",
     "ModelSpec",
     "Profile",
+    "RunOptions",
     "Selection",
     "StatsAccess",
     "ThreatSpec",
@@ -125,6 +126,7 @@ class AttackSpec:
     bn_prior: str = "relative"  # "raw": sum of L2 norms (paper); "relative": each layer's norm / target norm
     proxy_candidates: int = 4
     batched_restarts: bool = True
+    distance: str = "cosine"  # the update distance (giacheck.attack.distance): "cosine" or "l2"
 
     def __post_init__(self) -> None:
         problems = []
@@ -140,13 +142,44 @@ class AttackSpec:
             problems.append(f"bn_prior={self.bn_prior!r} (valid: 'raw', 'relative')")
         if self.proxy_candidates < 1:
             problems.append(f"proxy_candidates={self.proxy_candidates} (valid: >= 1)")
+        if self.distance not in DISTANCES:
+            problems.append(f"distance={self.distance!r} (valid: {', '.join(map(repr, DISTANCES))})")
         if problems:
             raise InvalidCaseError("invalid attack spec: " + "; ".join(problems))
 
 
+DISTANCES = ("cosine", "l2")
+DEFAULT_ATTACK = "gradmatch"  # the built-in attack: gradient matching with signed Adam (DESIGN §4)
+BUDGET_FIELDS = ("iterations", "restarts", "lr", "tv_weight", "bn_weight", "bn_prior", "proxy_candidates", "distance")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """How a case is run, besides the case itself: the same for a claim's case and its control.
+
+    Args:
+        seed: seeds the model initialization, the attack's noise and any controlled initialization.
+        data: image source spec (see :func:`giacheck.data.open_source`).
+        budget: attack hyper-parameters and budget overriding the profile's.
+    """
+
+    seed: int = 0
+    data: str = "bundled"
+    budget: AttackSpec | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InvalidCaseError(f"seed={self.seed!r} (valid: an integer in [0, 2**63))")
+        if not isinstance(self.data, str) or not self.data:
+            raise InvalidCaseError(f"data={self.data!r} (valid: bundled, imagefolder:PATH, cifar10:PATH)")
+        if self.budget is not None and not isinstance(self.budget, AttackSpec):
+            raise InvalidCaseError(f"budget={self.budget!r} (valid: a giacheck.specs.AttackSpec or None)")
+
+
 _ID_RE = re.compile(
     r"^(?P<model>[A-Za-z0-9_.:]+)-(?P<res>\d+)-bn_(?P<bn>[a-z]+)-bs(?P<bs>\d+)-stats_(?P<stats>[a-z]+)"
-    r"(?:-upd_(?P<upd>fedsgd|fedavg)(?P<steps>\d+)?)?(?:-init_p(?P<p>\d+(?:\.\d+)?))?(?:-lab_(?P<lab>[a-z]+))?$"
+    r"(?:-upd_(?P<upd>fedsgd|fedavg)(?P<steps>\d+)?)?(?:-init_p(?P<p>\d+(?:\.\d+)?))?(?:-lab_(?P<lab>[a-z]+))?"
+    r"(?:-atk_(?P<atk>[A-Za-z0-9_.:]+))?$"
 )
 _ID_FORM = "MODEL-RES-bn_{train|eval}-bsN-stats_{none|naive|exact|proxy}[-upd_fedavgK][-init_pP][-lab_inferred]"
 
@@ -159,6 +192,7 @@ class Case:
     client: ClientSpec = field(default_factory=ClientSpec)
     threat: ThreatSpec = field(default_factory=ThreatSpec)
     init_p: float | None = None  # controlled initialization: fraction of true pixels replaced by noise
+    attack: str = DEFAULT_ATTACK  # a registered attack name or ``package.module:Name`` (giacheck.attack.registry)
 
     @property
     def init(self) -> InitKind:
@@ -180,6 +214,8 @@ class Case:
             parts.append(f"init_p{_fraction(self.init_p)}")
         if self.threat.labels is not LabelKnowledge.KNOWN:
             parts.append(f"lab_{self.threat.labels}")
+        if self.attack != DEFAULT_ATTACK:
+            parts.append(f"atk_{self.attack}")
         return "-".join(parts)
 
     def __str__(self) -> str:
@@ -210,6 +246,7 @@ class Case:
             client=ClientSpec(bn_mode=bn, batch_size=int(g["bs"]), update=update, local_steps=steps),
             threat=ThreatSpec(stats=stats, labels=labels),
             init_p=float(g["p"]) if g["p"] is not None else None,
+            attack=g["atk"] or DEFAULT_ATTACK,
         )
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from giacheck.errors import GiacheckError
-from giacheck.specs import AttackSpec, Case, Selection, get_profile
+from giacheck.specs import AttackSpec, Case, RunOptions, Selection, get_profile
 
 if TYPE_CHECKING:
     import optuna
@@ -225,8 +225,8 @@ def tune(
 
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial)
-        result = run_case(case, profile=profile, device=device, seed=seed, data=data,
-                          attack=dataclasses.replace(spec, **params))
+        options = RunOptions(seed=seed, data=data, budget=dataclasses.replace(spec, **params))
+        result = run_case(case, profile=profile, device=device, options=options)
         grad_distance = float(result.grad_distance)
         trial.set_user_attr("grad_distance", grad_distance)
         trial.set_user_attr("objective", float(result.objective))

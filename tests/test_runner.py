@@ -19,7 +19,7 @@ from giacheck.data import BundledImages, select_batch
 from giacheck.errors import DatasetError, GiacheckError, InvalidCaseError, InvalidUpdateError, UnknownModelError
 from giacheck.models import build
 from giacheck.runner import Result, controlled_init, run_case
-from giacheck.specs import AttackSpec, Case, ClientSpec
+from giacheck.specs import AttackSpec, Case, ClientSpec, RunOptions
 
 TINY = AttackSpec(iterations=5)
 LENET = "lenet_sigmoid-32-bn_eval-bs1-stats_none"
@@ -32,8 +32,8 @@ LENET = "lenet_sigmoid-32-bn_eval-bs1-stats_none"
 ])
 def test_same_seed_same_result_on_cpu(case_id: str, iterations: int) -> None:
     spec = AttackSpec(iterations=iterations)
-    a = run_case(case_id, seed=3, attack=spec)
-    b = run_case(case_id, seed=3, attack=spec)
+    a = run_case(case_id, options=RunOptions(seed=3, budget=spec))
+    b = run_case(case_id, options=RunOptions(seed=3, budget=spec))
     assert a.ssim == b.ssim
     assert a.psnr == b.psnr
     assert a.curve == b.curve
@@ -42,8 +42,8 @@ def test_same_seed_same_result_on_cpu(case_id: str, iterations: int) -> None:
 
 
 def test_different_seed_different_reconstruction() -> None:
-    a = run_case(LENET, seed=0, attack=TINY)
-    b = run_case(LENET, seed=1, attack=TINY)
+    a = run_case(LENET, options=RunOptions(budget=TINY))
+    b = run_case(LENET, options=RunOptions(seed=1, budget=TINY))
     assert torch.equal(a.original, b.original)  # the client's images do not depend on the seed
     assert not torch.allclose(a.reconstruction, b.reconstruction)
     assert a.ssim != b.ssim
@@ -68,14 +68,14 @@ def _write_png(path, seed: int) -> None:
 
 def test_unknown_model(no_attack: None) -> None:
     with pytest.raises(UnknownModelError, match=r"unknown model 'resnet18_cifr'.*resnet18_cifar"):
-        run_case("resnet18_cifr-32-bn_eval-bs1-stats_none", attack=TINY)
+        run_case("resnet18_cifr-32-bn_eval-bs1-stats_none", options=RunOptions(budget=TINY))
 
 
 @pytest.mark.parametrize("case_id", ["nonsense", "lenet_sigmoid-32-bn_eval-bs1", "lenet_sigmoid-32-bn_sideways-bs1"
                                      "-stats_none", ""])
 def test_malformed_case_id(no_attack: None, case_id: str) -> None:
     with pytest.raises(InvalidCaseError) as info:
-        run_case(case_id, attack=TINY)
+        run_case(case_id, options=RunOptions(budget=TINY))
     message = str(info.value)
     assert repr(case_id) in message
     assert "malformed case id" in message or "unknown value" in message
@@ -84,41 +84,41 @@ def test_malformed_case_id(no_attack: None, case_id: str) -> None:
 
 def test_unknown_axis_value_lists_the_valid_ones(no_attack: None) -> None:
     with pytest.raises(InvalidCaseError, match=r"bn_sideways.*valid: bn_train, bn_eval"):
-        run_case("lenet_sigmoid-32-bn_sideways-bs1-stats_none", attack=TINY)
+        run_case("lenet_sigmoid-32-bn_sideways-bs1-stats_none", options=RunOptions(budget=TINY))
 
 
 def test_batch_larger_than_available_images(no_attack: None, tmp_path) -> None:
     _write_png(tmp_path / "cat" / "a.png", 0)
     _write_png(tmp_path / "dog" / "b.png", 1)
     with pytest.raises(InvalidCaseError) as info:
-        run_case("lenet_sigmoid-32-bn_eval-bs3-stats_none", data=f"imagefolder:{tmp_path}", attack=TINY)
+        run_case("lenet_sigmoid-32-bn_eval-bs3-stats_none", data=f"imagefolder:{tmp_path}", options=RunOptions(budget=TINY))
     message = str(info.value)
     assert "batch size 3" in message and "2 images" in message and "1..2" in message
 
 
 def test_batch_larger_than_bundled_images(no_attack: None) -> None:
     with pytest.raises(InvalidCaseError, match=r"batch size 13 is larger than the 12 images available in bundled"):
-        run_case("lenet_sigmoid-32-bn_eval-bs13-stats_none", attack=TINY)
+        run_case("lenet_sigmoid-32-bn_eval-bs13-stats_none", options=RunOptions(budget=TINY))
 
 
 def test_resolution_the_model_cannot_take(no_attack: None) -> None:
     with pytest.raises(InvalidCaseError, match=r"lenet_sigmoid needs an input size >= 8 and a multiple of 4, got 30"):
-        run_case("lenet_sigmoid-30-bn_eval-bs1-stats_none", attack=TINY)
+        run_case("lenet_sigmoid-30-bn_eval-bs1-stats_none", options=RunOptions(budget=TINY))
 
 
 def test_invalid_threat_for_the_model(no_attack: None) -> None:
     with pytest.raises(InvalidCaseError, match="stats_exact with bn_eval"):
-        run_case("resnet18_cifar-32-bn_eval-bs1-stats_exact", attack=TINY)
+        run_case("resnet18_cifar-32-bn_eval-bs1-stats_exact", options=RunOptions(budget=TINY))
 
 
 def test_missing_dataset_path(no_attack: None) -> None:
     with pytest.raises(DatasetError, match=r"'/nonexistent' does not exist"):
-        run_case(LENET, data="imagefolder:/nonexistent", attack=TINY)
+        run_case(LENET, data="imagefolder:/nonexistent", options=RunOptions(budget=TINY))
 
 
 def test_unknown_dataset_scheme(no_attack: None) -> None:
     with pytest.raises(DatasetError, match=r"unknown image source scheme 'imagefoldr'.*imagefolder"):
-        run_case(LENET, data="imagefoldr:/tmp", attack=TINY)
+        run_case(LENET, data="imagefoldr:/tmp", options=RunOptions(budget=TINY))
 
 
 def test_malformed_cifar_batch(no_attack: None, tmp_path) -> None:
@@ -129,7 +129,7 @@ def test_malformed_cifar_batch(no_attack: None, tmp_path) -> None:
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8),
                                                                b"labels": [0]}))
     with pytest.raises(DatasetError) as info:
-        run_case(LENET, data=f"cifar10:{tmp_path}", attack=TINY)
+        run_case(LENET, data=f"cifar10:{tmp_path}", options=RunOptions(budget=TINY))
     message = str(info.value)
     assert "data_batch_1" in message and "not a valid pickled batch" in message
 
@@ -142,7 +142,7 @@ def test_unknown_profile(no_attack: None) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
 def test_cuda_requested_without_cuda(no_attack: None) -> None:
     with pytest.raises(GiacheckError, match="CUDA is not available"):
-        run_case(LENET, device="cuda", attack=TINY)
+        run_case(LENET, device="cuda", options=RunOptions(budget=TINY))
 
 
 def test_nan_update_is_rejected_naming_the_tensor() -> None:
@@ -164,7 +164,7 @@ def test_nan_update_is_rejected_naming_the_tensor() -> None:
 # ---------------------------------------------------------------------------------------------- result fields
 @pytest.fixture(scope="module")
 def lenet_result() -> Result:
-    return run_case(LENET, seed=2, attack=AttackSpec(iterations=5, restarts=2))
+    return run_case(LENET, options=RunOptions(seed=2, budget=AttackSpec(iterations=5, restarts=2)))
 
 
 def test_to_dict_is_strict_json(lenet_result: Result) -> None:
@@ -219,14 +219,14 @@ def test_result_tensors(lenet_result: Result) -> None:
 
 
 def test_reconstruction_is_reordered_to_match_originals() -> None:
-    result = run_case("lenet_sigmoid-32-bn_eval-bs3-stats_none", attack=TINY)
+    result = run_case("lenet_sigmoid-32-bn_eval-bs3-stats_none", options=RunOptions(budget=TINY))
     scores = metrics.match_and_score(result.reconstruction, result.original)
     assert scores.perm == (0, 1, 2)
     assert scores.ssim == pytest.approx(result.ssim)
 
 
 def test_stats_proxy_records_candidates_and_never_uses_client_images() -> None:
-    result = run_case("resnet18_cifar-32-bn_train-bs2-stats_proxy", attack=TINY)
+    result = run_case("resnet18_cifar-32-bn_train-bs2-stats_proxy", options=RunOptions(budget=TINY))
     proxy = result.threat["proxy"]
     assert proxy["candidates"] == 4
     assert len(proxy["grad_distances"]) == 4
@@ -242,11 +242,11 @@ def test_stats_proxy_needs_enough_auxiliary_images(no_attack: None, tmp_path) ->
     for i, cls in enumerate(("a", "b", "c")):
         _write_png(tmp_path / cls / "x.png", i)
     with pytest.raises(GiacheckError, match="stats_proxy needs at least 2 auxiliary images"):
-        run_case("resnet18_cifar-32-bn_train-bs2-stats_proxy", data=f"imagefolder:{tmp_path}", attack=TINY)
+        run_case("resnet18_cifar-32-bn_train-bs2-stats_proxy", data=f"imagefolder:{tmp_path}", options=RunOptions(budget=TINY))
 
 
 def test_lab_inferred_records_label_accuracy() -> None:
-    result = run_case("resnet18_cifar-32-bn_eval-bs1-stats_none-lab_inferred", attack=TINY)
+    result = run_case("resnet18_cifar-32-bn_eval-bs1-stats_none-lab_inferred", options=RunOptions(budget=TINY))
     assert result.threat["labels"] == "inferred"
     assert result.threat["label_accuracy"] == 1.0
     assert result.threat["inferred_labels"] == [0]  # astronaut is label 0 of the bundled source
@@ -259,7 +259,7 @@ def test_known_labels_record_no_accuracy(lenet_result: Result) -> None:
 @pytest.mark.parametrize(("p", "low", "high"), [(0.0, 1.0 - 1e-9, 1.0 + 1e-9), (1.0, -1.0, 0.2)])
 def test_controlled_init_ssim(p: float, low: float, high: float) -> None:
     case = Case.parse(LENET).with_(init_p=p)
-    result = run_case(case, attack=AttackSpec(iterations=1))
+    result = run_case(case, options=RunOptions(budget=AttackSpec(iterations=1)))
     assert result.case_id.endswith(f"-init_p{p:g}")
     assert low <= result.threat["init_ssim"] <= high
 
@@ -279,7 +279,7 @@ def test_controlled_init_replaces_whole_pixels() -> None:
 
 def test_detection_case_runs_end_to_end_with_box_targets() -> None:
     """YOLO cases take annotated bundled images and their boxes as the known labels."""
-    result = run_case("yolov8n-64-bn_train-bs1-stats_none", attack=AttackSpec(iterations=2, restarts=2))
+    result = run_case("yolov8n-64-bn_train-bs1-stats_none", options=RunOptions(budget=AttackSpec(iterations=2, restarts=2)))
     assert result.manifest["images"] == ("bus",)
     assert 0.0 <= result.ssim_mean <= 1.0
     assert result.attack["batched"] is False  # the detection loss's target assignment does not vmap
@@ -289,7 +289,7 @@ def test_train_mode_batchnorm_with_one_value_per_channel_is_refused(monkeypatch:
     """The unadapted ImageNet stem at 32×32 leaves a 1×1 last stage: train-mode BN at bs1 cannot normalize."""
     monkeypatch.setattr(giacheck.runner, "simulate_update", _must_not_run)
     with pytest.raises(InvalidCaseError, match=r"sees one value per channel .*valid: bn_eval"):
-        run_case("resnet18_lowres_unadapted-32-bn_train-bs1-stats_none", attack=AttackSpec(iterations=1))
+        run_case("resnet18_lowres_unadapted-32-bn_train-bs1-stats_none", options=RunOptions(budget=AttackSpec(iterations=1)))
 
 
 def _must_not_run(*args, **kwargs):
@@ -298,7 +298,7 @@ def _must_not_run(*args, **kwargs):
 
 def test_result_state_round_trips_through_a_weights_only_load(tmp_path) -> None:
     """What xdist workers share (giacheck.sharedcache): plain values and tensors, loadable without pickles."""
-    result = run_case("lenet_sigmoid-32-bn_eval-bs2-stats_none-init_p0.5", attack=TINY)
+    result = run_case("lenet_sigmoid-32-bn_eval-bs2-stats_none-init_p0.5", options=RunOptions(budget=TINY))
     path = tmp_path / "state.pt"
     torch.save(result.to_state(), path)
     back = Result.from_state(torch.load(path, weights_only=True))

@@ -38,9 +38,9 @@ def fake_run(monkeypatch: pytest.MonkeyPatch):
     calls: list[AttackSpec] = []
 
     def install(*, ssim_readable: bool = True) -> list[AttackSpec]:
-        def run_case(case, *, profile, device, seed, data, attack):
-            calls.append(attack)
-            return _FakeResult(attack, ssim_readable=ssim_readable)
+        def run_case(case, *, profile, device, options):
+            calls.append(options.budget)
+            return _FakeResult(options.budget, ssim_readable=ssim_readable)
 
         monkeypatch.setattr(giacheck.tuning, "run_case", run_case)
         return calls
