@@ -167,9 +167,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     attack = get_profile(args.profile).attack
     overrides = {k: v for k, v in (("iterations", args.iterations), ("restarts", args.restarts)) if v is not None}
     attack = dataclasses.replace(attack, **overrides)
-    log_every = max(1, attack.iterations // 10)
     options = RunOptions(seed=args.seed, data=args.data, budget=attack)
-    result = run_case(args.case_id, profile=args.profile, device=args.device, options=options, log_every=log_every)
+    result = run_case(args.case_id, profile=args.profile, device=args.device, options=options)
     if args.out:
         paths = save_result(result, args.out)
         log.info("wrote %s and %s", paths["png"], paths["json"])

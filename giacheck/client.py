@@ -1,5 +1,8 @@
 """Simulate one federated client update: a FedSGD gradient or a FedAvg weight delta (DESIGN §4).
 
+``local_training`` is the client's training, written once: the simulation here and the attacker's replica
+(``attack/objective.py``) both call it, with the client's defence chain (``defences.py``).
+
 The client trains a private copy of the global model, so the server's model keeps its global state. BatchNorm
 running statistics before and after the local step are recorded with each module's own momentum, because the
 ``naive`` and ``exact`` threat models read them.
@@ -8,18 +11,19 @@ running statistics before and after the local step are recorded with each module
 from __future__ import annotations
 
 import copy
-import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
+from giacheck.defences import Defence, DefenceStage, make_defences
+from giacheck.errors import InvalidCaseError
+from giacheck.models.registry import mean_cross_entropy
 from giacheck.specs import BNMode, ClientSpec, UpdateKind
 
-__all__ = ["BNStats", "ClientUpdate", "bn_modules", "loss_of", "simulate_update", "task_loss"]
-
-log = logging.getLogger("giacheck.client")
+__all__ = ["BNStats", "ClientUpdate", "bn_modules", "local_training", "loss_of", "simulate_update"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +52,13 @@ class ClientUpdate:
     local_steps: int
     local_lr: float
     input_shape: tuple[int, ...]
+    defences: tuple[str, ...] = ()  # the client's defence chain (id tokens), which the server is assumed to know
+
+    @property
+    def client(self) -> ClientSpec:
+        """The local training that produced this update, as the attacker's replica reruns it."""
+        return ClientSpec(bn_mode=self.bn_mode, batch_size=self.batch_size, update=self.kind,
+                          local_steps=self.local_steps, local_lr=self.local_lr, defences=self.defences)
 
 
 def bn_modules(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -58,37 +69,77 @@ def bn_modules(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     }
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The default training loss: mean cross-entropy (client and attacker must agree on the reduction)."""
-    return F.cross_entropy(logits, labels, reduction="mean")
-
-
 def loss_of(model: nn.Module):
-    """The model's own training loss (``NormalizedModel.loss``, e.g. a detection loss), else :func:`task_loss`."""
-    return getattr(model, "loss", task_loss)
+    """The model's own training loss (``NormalizedModel.loss``, e.g. a detection loss), else mean cross-entropy."""
+    return getattr(model, "loss", mean_cross_entropy)
 
 
-def simulate_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: ClientSpec) -> ClientUpdate:
-    """Run the client's local training on a private copy of ``model`` and return what it shares."""
+GradFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def local_training(params: dict[str, torch.Tensor], grad_fn: GradFn, spec: ClientSpec,
+                   defences: Sequence[Defence] = (), *, generator: torch.Generator | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """The client's local training, shared by the client simulation and the attacker's replica.
+
+    Args:
+        params: the global model's trained parameters by name (the first ``grad_fn`` call gets this very dict).
+        grad_fn: the training loss's gradient at given parameters, by name.
+        spec: FedSGD (one gradient) or FedAvg (``local_steps`` plain SGD steps at ``local_lr``).
+        defences: applied in order at their stage (``giacheck.defences``).
+        generator: the randomness of the defences.
+
+    Returns:
+        The shared update by name: the gradient (FedSGD) or ``new − old`` parameters (FedAvg).
+    """
+    step_defences = [d for d in defences if d.stage is DefenceStage.STEP]
+    update_defences = [d for d in defences if d.stage is DefenceStage.UPDATE]
+    unsupported = [d.token for d in defences if d.stage not in (DefenceStage.STEP, DefenceStage.UPDATE)]
+    if unsupported:
+        raise InvalidCaseError(f"defences {unsupported} act per sample, which needs per-sample gradients; valid "
+                               "here: defences at the 'step' or 'update' stage")
+
+    def gradient(at: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        g = grad_fn(at)
+        for defence in step_defences:
+            g = defence.apply(g, generator=generator)
+        return g
+
+    if spec.update is UpdateKind.FEDSGD:
+        update = gradient(params)
+    else:
+        current = params
+        for _ in range(spec.local_steps):
+            g = gradient(current)
+            current = {n: current[n] - spec.local_lr * g[n] for n in params}
+        update = {n: current[n] - params[n] for n in params}
+    for defence in update_defences:
+        update = defence.apply(update, generator=generator)
+    return update
+
+
+def simulate_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: ClientSpec, *,
+                    seed: int = 0) -> ClientUpdate:
+    """Run the client's local training on a private copy of ``model`` and return what it shares.
+
+    ``seed`` seeds the client's own randomness (its defences' draws).
+    """
     client = copy.deepcopy(model)
     client.train(spec.bn_mode is BNMode.TRAIN)
     before = _snapshot(client)
     params = dict(client.named_parameters())
     loss_fn = loss_of(client)
-    if spec.update is UpdateKind.FEDSGD:
-        grads = torch.autograd.grad(loss_fn(client(images), labels), list(params.values()))
-        tensors = {name: g.detach() for name, g in zip(params, grads, strict=True)}
-    else:
-        start = {name: p.detach().clone() for name, p in params.items()}
-        for _ in range(spec.local_steps):
-            grads = torch.autograd.grad(loss_fn(client(images), labels), list(params.values()))
-            with torch.no_grad():
-                for p, g in zip(params.values(), grads, strict=True):
-                    p.sub_(spec.local_lr * g)
-        tensors = {name: (p.detach() - start[name]) for name, p in params.items()}
+
+    def grad_fn(at: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = client(images) if at is params else functional_call(client, at, (images,))
+        grads = torch.autograd.grad(loss_fn(outputs, labels), list(at.values()))
+        return {name: g.detach() for name, g in zip(at, grads, strict=True)}
+
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    tensors = local_training(params, grad_fn, spec, make_defences(spec.defences), generator=generator)
     return ClientUpdate(
         kind=spec.update,
-        tensors=tensors,
+        tensors={name: t.detach() for name, t in tensors.items()},
         bn_before=before,
         bn_after=_snapshot(client),
         bn_mode=spec.bn_mode,
@@ -96,6 +147,7 @@ def simulate_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         local_steps=spec.local_steps if spec.update is UpdateKind.FEDAVG else 1,
         local_lr=spec.local_lr,
         input_shape=tuple(images.shape),
+        defences=spec.defences,
     )
 
 

@@ -15,22 +15,29 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
 
 import torch
 
 from giacheck import metrics
-from giacheck.attack import infer_batch_stats, infer_labels, invert, naive_stats, select_proxy_stats
+from giacheck.attack import (
+    Reconstruction,
+    infer_batch_stats,
+    infer_labels,
+    make_attack,
+    naive_stats,
+    select_proxy_stats,
+)
 from giacheck.attack.bnstats import elements_per_channel
 from giacheck.attack.objective import Replica
 from giacheck.client import bn_modules, simulate_update
-from giacheck.data import disjoint_pool, open_source, select_batch
-from giacheck.errors import DatasetError, GiacheckError, InvalidCaseError
+from giacheck.data import disjoint_pool, open_source
+from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.models import build, get_entry
-from giacheck.models.yolo import annotated_images, detection_targets
-from giacheck.specs import BNMode, Case, LabelKnowledge, RunOptions, Selection, StatsAccess, get_profile
+from giacheck.specs import AttackSpec, BNMode, Case, LabelKnowledge, RunOptions, Selection, StatsAccess, get_profile
+from giacheck.tasks import get_task
 from giacheck.validation import check_case
 
 __all__ = ["Result", "controlled_init", "cpu_model", "manifest", "resolve_device", "run_case"]
@@ -129,7 +136,6 @@ def run_case(
     profile: str = "smoke",
     device: str = "cpu",
     options: RunOptions | None = None,
-    log_every: int = 0,
 ) -> Result:
     """Simulate the client update of ``case`` and attack it.
 
@@ -138,7 +144,6 @@ def run_case(
         profile: budget name (``smoke``, ``paper``); ``options.budget`` overrides its attack spec.
         device: torch device for model, client and attack.
         options: seed, image source and budget (:class:`RunOptions`).
-        log_every: log attack progress every this many iterations.
 
     Raises:
         GiacheckError: an invalid case, model, dataset or update, before the attack runs.
@@ -149,23 +154,20 @@ def run_case(
     seed, data = options.seed, options.data
     spec = options.budget or get_profile(profile).attack
     entry = get_entry(case.model.name)
+    task = get_task(entry.task)
     source = open_source(data, num_classes=entry.num_classes)
     check_case(case, entry=entry, source=source)
+    attack = make_attack(case.attack, spec if task.batchable_trials else replace(spec, batched_restarts=False))
     torch_device = resolve_device(device)
-    detection = entry.task == "detection"
-    if detection:  # boxes are labels the attacker knows (DESIGN §4); only annotated images can be used
-        client_batch = _annotated_batch(source, case.client.batch_size, case.model.resolution)
-        spec = dataclasses.replace(spec, batched_restarts=False)  # the loss's target assignment does not vmap
-    else:
-        client_batch = select_batch(source, batch_size=case.client.batch_size, size=case.model.resolution)
+    client_batch = task.client_batch(source, batch_size=case.client.batch_size, size=case.model.resolution)
     model = build(case.model.name, case.model.resolution, seed=seed).to(torch_device)
     if case.client.bn_mode is BNMode.TRAIN:
         _check_train_mode_bn(model, tuple(client_batch.images.shape), case)
     images = client_batch.images.to(torch_device)
-    labels = detection_targets(client_batch.names, torch_device) if detection else client_batch.labels.to(torch_device)
+    labels = task.targets(client_batch, torch_device)
     t_build = time.perf_counter()
 
-    update = simulate_update(model, images, labels, case.client)
+    update = simulate_update(model, images, labels, case.client, seed=seed)
     t_client = time.perf_counter()
 
     threat: dict[str, Any] = {"stats": str(case.threat.stats), "labels": str(case.threat.labels)}
@@ -175,23 +177,15 @@ def run_case(
         threat["inferred_labels"] = attack_labels.tolist()
     else:
         attack_labels = labels
-    stats = None
-    if case.threat.stats is StatsAccess.EXACT:
-        names = list(update.bn_after)
-        stats = infer_batch_stats(update.bn_before, update.bn_after,
-                                  elements_per_channel(model, update.input_shape, names))
-    elif case.threat.stats is StatsAccess.NAIVE:
-        stats = naive_stats(update.bn_after)
-    elif case.threat.stats is StatsAccess.PROXY:
-        stats = _proxy_stats(model, update, attack_labels, source, client_batch.names, case, spec, threat)
+    stats = _stats_target(model, update, attack_labels, source, client_batch.names, case, spec, threat)
     init = None
     if case.init_p is not None:
         init = controlled_init(client_batch.images, case.init_p, restarts=spec.restarts, seed=seed)
         threat["init_ssim"] = metrics.match_and_score(init[0], client_batch.images).ssim_mean
     t_prep = time.perf_counter()
 
-    rec = invert(model, update, labels=attack_labels, spec=spec, stats=stats, init=init, seed=seed,
-                 log_every=log_every)
+    rec = attack(model, update, labels=attack_labels, stats=stats, init=init, seed=seed)
+    _check_reconstruction(rec, case, spec, tuple(client_batch.images.shape))
     t_attack = time.perf_counter()
 
     original = client_batch.images
@@ -218,7 +212,7 @@ def run_case(
         oracle={"selection": str(Selection.ORACLE), "restart": oracle_index,
                 "ssim_mean": per_restart[oracle_index].ssim_mean, "selected_restart": rec.selected,
                 "note": "best SSIM against the private images over restarts: an upper bound, not the attack result"},
-        attack={**dataclasses.asdict(spec), "batched": rec.batched, "patch_size": patch},
+        attack={"name": case.attack, **dataclasses.asdict(spec), "batched": rec.batched, "patch_size": patch},
         threat=threat,
         timings={"build_s": t_build - t0, "client_s": t_client - t_build, "prepare_s": t_prep - t_client,
                  "attack_s": t_attack - t_prep, "per_iteration_s": (t_attack - t_prep) / spec.iterations,
@@ -251,14 +245,36 @@ def _check_train_mode_bn(model: torch.nn.Module, input_shape: tuple[int, ...], c
             "size or resolution that leaves more than one value per channel")
 
 
-def _annotated_batch(source, batch_size: int, size: int):
-    """The first ``batch_size`` images of ``source`` that have box annotations (detection cases)."""
-    annotated = annotated_images()
-    indices = [i for i in range(len(source)) if source.image_name(i) in annotated][:batch_size]
-    if len(indices) < batch_size:
-        raise DatasetError(f"a detection case with batch size {batch_size} needs that many images with box "
-                           f"annotations; {source.name} has {len(indices)} ({', '.join(sorted(annotated))})")
-    return source.batch(indices, size)
+def _stats_target(model, update, labels, source, client_names, case, spec, threat):
+    """The normalization-statistics target the threat model gives the attacker (None for ``stats_none``)."""
+    access = case.threat.stats
+    if access is StatsAccess.EXACT:
+        names = list(update.bn_after)
+        return infer_batch_stats(update.bn_before, update.bn_after,
+                                 elements_per_channel(model, update.input_shape, names))
+    if access is StatsAccess.NAIVE:
+        return naive_stats(update.bn_after)
+    if access is StatsAccess.PROXY:
+        return _proxy_stats(model, update, labels, source, client_names, case, spec, threat)
+    return None
+
+
+def _check_reconstruction(rec: Any, case: Case, spec: AttackSpec, shape: tuple[int, ...]) -> None:
+    """A plug-in attack's result must hold one image batch per restart, and one objective per restart."""
+    if not isinstance(rec, Reconstruction):
+        raise GiacheckError(f"attack {case.attack!r} returned {type(rec).__name__}; an attack returns a "
+                            "giacheck.attack.Reconstruction")
+    problems = []
+    if tuple(rec.images.shape) != (spec.restarts, *shape):
+        problems.append(f"images of shape {tuple(rec.images.shape)}, expected (restarts, B, C, H, W) = "
+                        f"{(spec.restarts, *shape)}")
+    if len(rec.objective) != spec.restarts or len(rec.grad_distance) != spec.restarts:
+        problems.append(f"{len(rec.objective)} objectives and {len(rec.grad_distance)} distances for "
+                        f"{spec.restarts} restarts")
+    if not 0 <= rec.selected < spec.restarts:
+        problems.append(f"selected restart {rec.selected} of {spec.restarts}")
+    if problems:
+        raise GiacheckError(f"attack {case.attack!r} returned a malformed reconstruction: " + "; ".join(problems))
 
 
 def _proxy_stats(model, update, labels, source, client_names, case, spec, threat):
@@ -271,7 +287,7 @@ def _proxy_stats(model, update, labels, source, client_names, case, spec, threat
                             f"{batch}; {source.name} has {len(source)} images in all")
     pool = disjoint_pool(source, exclude=list(client_names), count=candidates * batch, size=case.model.resolution)
     device = next(model.parameters()).device
-    choice = select_proxy_stats(Replica(model, update, labels), pool.images.to(device))
+    choice = select_proxy_stats(Replica(model, update, labels), pool.images.to(device), distance=spec.distance)
     threat["proxy"] = {"candidates": candidates, "chosen": choice.chosen, "grad_distances": list(choice.distances),
                        "pool": list(pool.names)}
     return choice.target

@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 
+DEFENCE_TOKEN = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z_.:]*?)(?P<value>\d+(?:\.\d+)?)?$")
+
+
 class BNMode(StrEnum):
     """Mode of the client's BatchNorm layers during its local step."""
 
@@ -98,9 +101,16 @@ class ClientSpec:
     update: UpdateKind = UpdateKind.FEDSGD
     local_steps: int = 1
     local_lr: float = 0.01
+    defences: tuple[str, ...] = ()  # the client's defence chain as id tokens, in order (giacheck.defences)
 
     def __post_init__(self) -> None:
         _coerce(self, bn_mode=BNMode, update=UpdateKind)
+        tokens = self.defences.split("+") if isinstance(self.defences, str) else tuple(self.defences)
+        bad = [t for t in tokens if not isinstance(t, str) or not DEFENCE_TOKEN.match(t)]
+        if bad:
+            raise InvalidCaseError(f"ClientSpec.defences={list(tokens)}: cannot read {bad}; write NAME followed by "
+                                   "its parameter, e.g. 'clip1.5' (names: letters, '_', '.', ':')")
+        object.__setattr__(self, "defences", tuple(tokens))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,7 +221,7 @@ class Case:
         if self.client.update is UpdateKind.FEDAVG:
             parts.append(f"upd_fedavg{self.client.local_steps}")
         if self.init_p is not None:
-            parts.append(f"init_p{_fraction(self.init_p)}")
+            parts.append(f"init_p{format_number(self.init_p)}")
         if self.threat.labels is not LabelKnowledge.KNOWN:
             parts.append(f"lab_{self.threat.labels}")
         if self.attack != DEFAULT_ATTACK:
@@ -273,7 +283,7 @@ def _enum(kind: type[_E], value: str, key: str, case_id: str) -> _E:
         raise InvalidCaseError(f"case id {case_id!r}: unknown value '{key}_{value}'; valid: {valid}") from None
 
 
-def _fraction(p: float) -> str:
+def format_number(p: float) -> str:
     """Shortest exact positional form (``0.1``, ``1``, ``0.00001``): ids must round-trip, so no ``1e-05``."""
     return np.format_float_positional(p, trim="-")
 

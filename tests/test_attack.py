@@ -215,7 +215,7 @@ def test_exact_stats_from_the_runner_path_equal_the_batch_stats(monkeypatch: pyt
         captured.update(kwargs, model=model, update=update)
         raise _Captured
 
-    monkeypatch.setattr(giacheck.runner, "invert", capture)
+    monkeypatch.setattr(giacheck.runner, "make_attack", lambda name, spec: capture)
     with pytest.raises(_Captured):
         giacheck.runner.run_case("resnet18_cifar-32-bn_train-bs2-stats_exact")
     stats = captured["stats"]

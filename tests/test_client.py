@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from giacheck.client import BNStats, bn_modules, simulate_update, task_loss
+from giacheck.client import BNStats, bn_modules, simulate_update
 from giacheck.models import build
+from giacheck.models.registry import mean_cross_entropy
 from giacheck.specs import BNMode, ClientSpec, UpdateKind
 
 MODELS = ["resnet18_cifar", "lenet_sigmoid"]
@@ -50,7 +51,7 @@ def _reference_grads(model: nn.Module, mode: BNMode, images: torch.Tensor, label
     ref = copy.deepcopy(model)
     ref.train(mode is BNMode.TRAIN)
     params = dict(ref.named_parameters())
-    loss = F.cross_entropy(ref(images), labels)  # mean reduction, written out independently of task_loss
+    loss = F.cross_entropy(ref(images), labels)  # mean reduction, written out independently of mean_cross_entropy
     grads = torch.autograd.grad(loss, list(params.values()))
     return dict(zip(params, grads, strict=True))
 
@@ -68,10 +69,10 @@ def _reference_fedavg(model: nn.Module, mode: BNMode, images: torch.Tensor, labe
     return {n: p.detach() - old[n] for n, p in ref.named_parameters()}
 
 
-def test_task_loss_is_mean_cross_entropy() -> None:
+def test_training_loss_is_mean_cross_entropy() -> None:
     logits = torch.randn(5, 10)
     labels = torch.randint(0, 10, (5,))
-    torch.testing.assert_close(task_loss(logits, labels), F.cross_entropy(logits, labels, reduction="sum") / 5)
+    torch.testing.assert_close(mean_cross_entropy(logits, labels), F.cross_entropy(logits, labels, reduction="sum") / 5)
 
 
 # --- FedSGD -----------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from giacheck.attack.bnstats import NormStatsRecorder, elements_per_channel, infer_batch_stats
-from giacheck.attack.objective import Replica, cosine_distance, total_variation
+from giacheck.attack.distance import update_distance
+from giacheck.attack.objective import Replica, total_variation
 from giacheck.client import ClientUpdate, bn_modules, simulate_update
 from giacheck.errors import InvalidUpdateError
 from giacheck.models import build
@@ -146,23 +147,23 @@ def test_cosine_distance_identity_negation_orthogonal() -> None:
     gen = torch.Generator().manual_seed(0)
     update = [torch.randn(4, 3, generator=gen), torch.randn(7, generator=gen), torch.randn(2, 2, 2, generator=gen)]
     norm = _norm(update)
-    assert abs(float(cosine_distance(update, update, norm))) < 1e-6
-    assert abs(float(cosine_distance([-u for u in update], update, norm)) - 2.0) < 1e-6
-    assert abs(float(cosine_distance([3.5 * u for u in update], update, norm))) < 1e-6  # scale invariant
+    assert abs(float(update_distance("cosine", update, update, norm))) < 1e-6
+    assert abs(float(update_distance("cosine", [-u for u in update], update, norm)) - 2.0) < 1e-6
+    assert abs(float(update_distance("cosine", [3.5 * u for u in update], update, norm))) < 1e-6  # scale invariant
     a, b = [torch.tensor([1.0, 0.0]), torch.tensor([0.0])], [torch.tensor([0.0, 1.0]), torch.tensor([0.0])]
-    assert abs(float(cosine_distance(a, b, _norm(b))) - 1.0) < 1e-6
+    assert abs(float(update_distance("cosine", a, b, _norm(b))) - 1.0) < 1e-6
 
 
 def test_cosine_distance_of_a_real_update(models) -> None:
     update, _, _ = _update(models["resnet18_cifar"])
     tensors = list(update.tensors.values())
-    assert abs(float(cosine_distance(tensors, tensors, _norm(tensors)))) < 1e-5
-    assert abs(float(cosine_distance([-t for t in tensors], tensors, _norm(tensors))) - 2.0) < 1e-5
+    assert abs(float(update_distance("cosine", tensors, tensors, _norm(tensors)))) < 1e-5
+    assert abs(float(update_distance("cosine", [-t for t in tensors], tensors, _norm(tensors))) - 2.0) < 1e-5
 
 
 def test_cosine_distance_needs_matching_lists() -> None:
     with pytest.raises(ValueError):
-        cosine_distance([torch.ones(2)], [torch.ones(2), torch.ones(1)], 1.0)
+        update_distance("cosine", [torch.ones(2)], [torch.ones(2), torch.ones(1)], 1.0)
 
 
 def test_total_variation() -> None:
@@ -193,7 +194,7 @@ def test_dummy_update_paths_agree_and_match_client(models, name: str, mode: BNMo
     for path in (True, False):
         dummy = replica.dummy_update(images, functional=path)
         assert _relative_error(dummy, replica.target) < 1e-4
-        assert abs(float(cosine_distance(dummy, replica.target, replica.target_norm).detach())) < 1e-5
+        assert abs(float(update_distance("cosine", dummy, replica.target, replica.target_norm).detach())) < 1e-5
 
 
 def test_objective_at_true_images(models) -> None:

@@ -57,7 +57,7 @@ def no_attack(monkeypatch: pytest.MonkeyPatch) -> None:
     def attack_ran(*args: object, **kwargs: object) -> None:
         raise AssertionError("attack ran")
 
-    monkeypatch.setattr(giacheck.runner, "invert", attack_ran)
+    monkeypatch.setattr(giacheck.runner, "make_attack", lambda name, spec: attack_ran)
 
 
 def _write_png(path, seed: int) -> None:
@@ -91,7 +91,8 @@ def test_batch_larger_than_available_images(no_attack: None, tmp_path) -> None:
     _write_png(tmp_path / "cat" / "a.png", 0)
     _write_png(tmp_path / "dog" / "b.png", 1)
     with pytest.raises(InvalidCaseError) as info:
-        run_case("lenet_sigmoid-32-bn_eval-bs3-stats_none", data=f"imagefolder:{tmp_path}", options=RunOptions(budget=TINY))
+        run_case("lenet_sigmoid-32-bn_eval-bs3-stats_none",
+                 options=RunOptions(data=f"imagefolder:{tmp_path}", budget=TINY))
     message = str(info.value)
     assert "batch size 3" in message and "2 images" in message and "1..2" in message
 
@@ -113,12 +114,12 @@ def test_invalid_threat_for_the_model(no_attack: None) -> None:
 
 def test_missing_dataset_path(no_attack: None) -> None:
     with pytest.raises(DatasetError, match=r"'/nonexistent' does not exist"):
-        run_case(LENET, data="imagefolder:/nonexistent", options=RunOptions(budget=TINY))
+        run_case(LENET, options=RunOptions(data="imagefolder:/nonexistent", budget=TINY))
 
 
 def test_unknown_dataset_scheme(no_attack: None) -> None:
     with pytest.raises(DatasetError, match=r"unknown image source scheme 'imagefoldr'.*imagefolder"):
-        run_case(LENET, data="imagefoldr:/tmp", options=RunOptions(budget=TINY))
+        run_case(LENET, options=RunOptions(data="imagefoldr:/tmp", budget=TINY))
 
 
 def test_malformed_cifar_batch(no_attack: None, tmp_path) -> None:
@@ -129,7 +130,7 @@ def test_malformed_cifar_batch(no_attack: None, tmp_path) -> None:
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8),
                                                                b"labels": [0]}))
     with pytest.raises(DatasetError) as info:
-        run_case(LENET, data=f"cifar10:{tmp_path}", options=RunOptions(budget=TINY))
+        run_case(LENET, options=RunOptions(data=f"cifar10:{tmp_path}", budget=TINY))
     message = str(info.value)
     assert "data_batch_1" in message and "not a valid pickled batch" in message
 
@@ -242,7 +243,8 @@ def test_stats_proxy_needs_enough_auxiliary_images(no_attack: None, tmp_path) ->
     for i, cls in enumerate(("a", "b", "c")):
         _write_png(tmp_path / cls / "x.png", i)
     with pytest.raises(GiacheckError, match="stats_proxy needs at least 2 auxiliary images"):
-        run_case("resnet18_cifar-32-bn_train-bs2-stats_proxy", data=f"imagefolder:{tmp_path}", options=RunOptions(budget=TINY))
+        run_case("resnet18_cifar-32-bn_train-bs2-stats_proxy",
+                 options=RunOptions(data=f"imagefolder:{tmp_path}", budget=TINY))
 
 
 def test_lab_inferred_records_label_accuracy() -> None:
@@ -279,7 +281,8 @@ def test_controlled_init_replaces_whole_pixels() -> None:
 
 def test_detection_case_runs_end_to_end_with_box_targets() -> None:
     """YOLO cases take annotated bundled images and their boxes as the known labels."""
-    result = run_case("yolov8n-64-bn_train-bs1-stats_none", options=RunOptions(budget=AttackSpec(iterations=2, restarts=2)))
+    result = run_case("yolov8n-64-bn_train-bs1-stats_none",
+                      options=RunOptions(budget=AttackSpec(iterations=2, restarts=2)))
     assert result.manifest["images"] == ("bus",)
     assert 0.0 <= result.ssim_mean <= 1.0
     assert result.attack["batched"] is False  # the detection loss's target assignment does not vmap
@@ -289,7 +292,8 @@ def test_train_mode_batchnorm_with_one_value_per_channel_is_refused(monkeypatch:
     """The unadapted ImageNet stem at 32×32 leaves a 1×1 last stage: train-mode BN at bs1 cannot normalize."""
     monkeypatch.setattr(giacheck.runner, "simulate_update", _must_not_run)
     with pytest.raises(InvalidCaseError, match=r"sees one value per channel .*valid: bn_eval"):
-        run_case("resnet18_lowres_unadapted-32-bn_train-bs1-stats_none", options=RunOptions(budget=AttackSpec(iterations=1)))
+        run_case("resnet18_lowres_unadapted-32-bn_train-bs1-stats_none",
+                 options=RunOptions(budget=AttackSpec(iterations=1)))
 
 
 def _must_not_run(*args, **kwargs):

@@ -1,7 +1,7 @@
 """The attacker's replica of the client and the inversion objective (paper Eq. 1, §4.3; DESIGN §4).
 
-``1 − cos(Δ_dummy, Δ_client)`` over the whole concatenated update, accumulated per tensor in the update's
-dtype (no flattening, no float64 copy), ``+ λ_TV·TV(x)`` and, when a statistics target is given,
+The update distance (``distance.py``: ``1 − cos`` by default, or L2) over the whole concatenated update,
+``+ λ_TV·TV(x)`` and, when a statistics target is given,
 ``+ λ_BN·prior``. Everything is a pure function of the image batch so that ``torch.func`` can take its
 gradient and ``vmap`` it over restarts. A FedSGD objective run one restart at a time computes the cosine's
 terms for wide, few-row layers without forming their gradients (``lowrank.py``; the same math).
@@ -18,29 +18,20 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from giacheck.attack.bnstats import NormStatsRecorder, NormTarget, norm_modules, stats_prior
+from giacheck.attack.distance import from_terms, update_distance
 from giacheck.attack.kernels import accelerate, using_stock_kernels
 from giacheck.attack.lowrank import LowRankPlan, plan_low_rank
-from giacheck.client import ClientUpdate, loss_of
+from giacheck.client import ClientUpdate, local_training, loss_of
+from giacheck.defences import make_defences
 from giacheck.errors import InvalidUpdateError
 from giacheck.specs import AttackSpec, BNMode, UpdateKind
 
-__all__ = ["Replica", "cosine_distance", "total_variation"]
+__all__ = ["Replica", "total_variation"]
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Anisotropic total variation: mean absolute difference of horizontal and vertical neighbours."""
     return (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-
-
-def cosine_distance(update: list[torch.Tensor], target: list[torch.Tensor], target_norm: float) -> torch.Tensor:
-    """``1 − cos`` between two updates given as matching lists of tensors, accumulated tensor by tensor."""
-    dot = torch.stack([(u * t).sum() for u, t in zip(update, target, strict=True)]).sum()
-    norm_sq = torch.stack([u.pow(2).sum() for u in update]).sum()
-    return _one_minus_cos(dot, norm_sq, target_norm)
-
-
-def _one_minus_cos(dot: torch.Tensor, norm_sq: torch.Tensor, target_norm: float) -> torch.Tensor:
-    return 1.0 - dot / (norm_sq.sqrt() * target_norm + 1e-12)
 
 
 class Replica:
@@ -73,11 +64,13 @@ class Replica:
         self.target_norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in self.target))
         self.norms = norm_modules(net)
         self.loss = loss_of(net)
+        self.client = update.client
+        self.defences = make_defences(update.defences)
         self.low_rank = self._plan_low_rank()
 
     def _plan_low_rank(self) -> LowRankPlan:
-        """The factored distance (``lowrank.py``) for a FedSGD update; probed on seeded noise."""
-        if self.update.kind is not UpdateKind.FEDSGD or using_stock_kernels():
+        """The factored distance (``lowrank.py``) for an undefended FedSGD update; probed on seeded noise."""
+        if self.update.kind is not UpdateKind.FEDSGD or self.defences or using_stock_kernels():
             return LowRankPlan({}, {})
         gen = torch.Generator(device="cpu").manual_seed(0)
         probe = torch.rand(self.update.input_shape, generator=gen).to(self.target[0])  # its device and dtype
@@ -112,17 +105,17 @@ class Replica:
         return self._unroll(grad_fn, x)
 
     def _unroll(self, grad_fn, x: torch.Tensor) -> list[torch.Tensor]:
-        g = grad_fn(self.params, x)
-        if self.update.kind is UpdateKind.FEDSGD:
-            return [g[n] for n in self.names]
-        params = {n: self.params[n] - self.update.local_lr * g[n] for n in self.names}
-        for _ in range(self.update.local_steps - 1):
-            g = grad_fn(params, x)
-            params = {n: params[n] - self.update.local_lr * g[n] for n in self.names}
-        return [params[n] - self.params[n] for n in self.names]
+        """The client's local training (``client.local_training``, the very function the client ran) on ``x``."""
+        update = local_training(self.params, lambda params: grad_fn(params, x), self.client, self.defences,
+                                generator=None)
+        return [update[n] for n in self.names]
+
+    def distance(self, x: torch.Tensor, kind: str, recorder: NormStatsRecorder | None = None) -> torch.Tensor:
+        """The update distance of images ``x`` (one batch) to the client's update."""
+        return update_distance(kind, self.dummy_update(x, recorder), self.target, self.target_norm)
 
     def objective(self, spec: AttackSpec, stats: NormTarget | None, *, functional: bool = True):
-        """Return ``f(x) -> (objective, gradient distance)`` for one restart's image batch ``x``."""
+        """Return ``f(x) -> (objective, update distance)`` for one restart's image batch ``x``."""
         use_prior = stats is not None and spec.bn_weight > 0
         recorder = NormStatsRecorder({n: self.norms[n] for n in stats.mean}) if use_prior else None
 
@@ -130,12 +123,12 @@ class Replica:
 
         def distance(x: torch.Tensor) -> torch.Tensor:
             if not factored:
-                return cosine_distance(self.dummy_update(x, recorder, functional=functional), self.target,
-                                       self.target_norm)
+                return update_distance(spec.distance, self.dummy_update(x, recorder, functional=functional),
+                                       self.target, self.target_norm)
             with recorder.recording() if recorder is not None else contextlib.nullcontext():
                 dot, norm_sq = self.low_rank.distance_terms(lambda: self.loss(self.net(x), self.labels),
                                                             self.params, self.target_by_name)
-            return _one_minus_cos(dot, norm_sq, self.target_norm)
+            return from_terms(spec.distance, dot, norm_sq, self.target_norm)
 
         def f(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             dist = distance(x)

@@ -1,7 +1,7 @@
 """Proxy normalization statistics (paper §4.3.3): pick the auxiliary batch whose update best aligns.
 
-The auxiliary images come from a pool disjoint from the client's; candidates are ranked by the gradient
-distance of their simulated update to the client's update — never by similarity to the private images.
+The auxiliary images come from a pool disjoint from the client's; candidates are ranked by the
+attack's update distance of their simulated update to the client's update — never by similarity to the private images.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from giacheck.attack.bnstats import NormStatsRecorder, NormTarget
-from giacheck.attack.objective import Replica, cosine_distance
+from giacheck.attack.distance import Distance
+from giacheck.attack.objective import Replica
 from giacheck.errors import InvalidCaseError
 from giacheck.specs import StatsAccess
 
@@ -27,8 +28,10 @@ class ProxyChoice:
     distances: tuple[float, ...]
 
 
-def select_proxy_stats(replica: Replica, aux_images: torch.Tensor) -> ProxyChoice:
-    """Split ``aux_images`` (K·B images) into K candidate batches and keep the best-aligned one's statistics."""
+def select_proxy_stats(replica: Replica, aux_images: torch.Tensor, *,
+                       distance: Distance | str = Distance.COSINE) -> ProxyChoice:
+    """Split ``aux_images`` (K·B images) into K candidate batches and keep the statistics of the one whose update
+    is nearest the client's by ``distance`` (the attack's own)."""
     batch = replica.update.batch_size
     if aux_images.shape[0] < batch or aux_images.shape[0] % batch:
         raise InvalidCaseError(f"proxy statistics need K·B auxiliary images (B={batch}), got {aux_images.shape[0]}")
@@ -38,8 +41,7 @@ def select_proxy_stats(replica: Replica, aux_images: torch.Tensor) -> ProxyChoic
     distances = []
     for k, candidate in enumerate(aux_images.split(batch)):
         with torch.no_grad():
-            dist = float(cosine_distance(replica.dummy_update(candidate.to(device), recorder), replica.target,
-                                         replica.target_norm))
+            dist = float(replica.distance(candidate.to(device), distance, recorder))
         distances.append(dist)
         if best is None or dist < best[0]:
             target = NormTarget(mean=dict(recorder.mean), var=dict(recorder.var), source=StatsAccess.PROXY)

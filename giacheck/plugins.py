@@ -1,0 +1,85 @@
+"""Named extension points (attacks, defences, tasks): one registry class, so every seam behaves the same way.
+
+A name is registered once (a duplicate raises, unlike timm's warning); an unknown name lists the valid ones and
+the closest matches; ``package.module:Name`` names an object of a user's package, imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from giacheck.errors import GiacheckError, close_matches
+
+__all__ = ["Registry", "UnknownPluginError"]
+
+T = TypeVar("T")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class UnknownPluginError(GiacheckError, KeyError):
+    """A name that is neither registered nor an importable ``package.module:Name``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry(Generic[T]):
+    """Objects of one kind by name. ``builtins`` is imported before the first lookup (it registers on import)."""
+
+    def __init__(self, kind: str, *, builtins: str | None = None) -> None:
+        self.kind = kind
+        self._builtins = builtins
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: register the decorated object under ``name`` (lower case letters, digits, '_')."""
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(f"{self.kind} name {name!r}: use lower-case letters, digits and '_', starting with a "
+                             "letter (it becomes part of case ids)")
+
+        def decorate(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                owner = getattr(self._items[name], "__module__", "?")
+                raise ValueError(f"{self.kind} {name!r} is already registered by {owner}")
+            self._items[name] = obj
+            return obj
+
+        return decorate
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def get(self, name: str) -> T:
+        """The object registered as ``name``, or ``package.module:Name`` imported."""
+        self._load()
+        if isinstance(name, str) and ":" in name:
+            return self._import(name)
+        if name in self._items:
+            return self._items[name]
+        raise UnknownPluginError(
+            f"unknown {self.kind} {name!r}.{close_matches(str(name), self._items)} Valid: "
+            f"{', '.join(self.names())}; or 'package.module:Name' for one of your own.")
+
+    def _import(self, spec: str) -> T:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UnknownPluginError(f"{self.kind} {spec!r}: cannot import module {module_name!r} ({exc}); give "
+                                     "'package.module:Name' for a module on sys.path") from exc
+        obj = getattr(module, attr, None)
+        if obj is None:
+            raise UnknownPluginError(f"{self.kind} {spec!r}: module {module_name!r} has no {attr!r}")
+        return obj
+
+    def _load(self) -> None:
+        if self._builtins is not None:
+            module, self._builtins = self._builtins, None
+            importlib.import_module(module)
