@@ -29,24 +29,12 @@ from typing import Any
 
 from giacheck import claims
 from giacheck.errors import InvalidCaseError
-from giacheck.specs import (
-    AttackSpec,
-    BNMode,
-    Case,
-    ClientSpec,
-    LabelKnowledge,
-    ModelSpec,
-    RunOptions,
-    StatsAccess,
-    ThreatSpec,
-    UpdateKind,
-)
+from giacheck.specs import AXES, AttackSpec, Axis, BNMode, Case, LabelKnowledge, ModelSpec, RunOptions, StatsAccess
 
 __all__ = ["CONTROL_MIN_SSIM", "Grid", "InvalidPackError", "Pack", "Rule", "default_control"]
 
 CONTROL_MIN_SSIM = 0.6  # the positive control must reach this (the suites' FEASIBLE level)
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_UPDATE_RE = re.compile(r"^(fedsgd|fedavg(\d+))$")
 
 
 class InvalidPackError(InvalidCaseError):
@@ -58,9 +46,11 @@ class InvalidPackError(InvalidCaseError):
 class Grid:
     """Deployment settings to test; every combination is one configuration.
 
-    ``updates`` takes ``fedsgd`` (one gradient) or ``fedavgK`` (weight delta of K local SGD steps). An
-    ``exact``-statistics configuration with an inference-mode client is *not applicable* (an eval-mode client
-    updates no running statistics, so there is nothing to invert) and is left out, listed by :meth:`Pack.plan`.
+    Each field lists the values of one axis of the case grammar (:data:`giacheck.specs.AXES`, the axis whose
+    ``grid`` names the field), written as in case ids without the prefix: ``updates`` takes ``fedsgd`` or
+    ``fedavgK``, ``defences`` a chain such as ``clip1.5`` (``""``: no defence). An ``exact``-statistics
+    configuration with an inference-mode client is *not applicable* (an eval-mode client updates no running
+    statistics, so there is nothing to invert) and is left out, listed by :meth:`Pack.plan`.
     """
 
     batch_sizes: tuple[int, ...] = (1,)
@@ -68,47 +58,60 @@ class Grid:
     stats: tuple[StatsAccess, ...] = (StatsAccess.NONE,)
     updates: tuple[str, ...] = ("fedsgd",)
     labels: tuple[LabelKnowledge, ...] = (LabelKnowledge.KNOWN,)
+    defences: tuple[str, ...] = ("",)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        sizes = _tuple(self.batch_sizes)
-        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
-            problems.append(f"batch_sizes={list(sizes)} (valid: positive integers)")
-        object.__setattr__(self, "batch_sizes", sizes)
-        for axis, kind in (("bn", BNMode), ("stats", StatsAccess), ("labels", LabelKnowledge)):
-            values = _tuple(getattr(self, axis))
+        for axis in GRID_AXES:
+            given = _tuple(getattr(self, axis.grid))
             try:
-                object.__setattr__(self, axis, tuple(kind(v) for v in values))
-            except ValueError:
-                problems.append(f"{axis}={[str(v) for v in values]} (valid: {', '.join(kind)})")
-        updates = tuple(str(u) for u in _tuple(self.updates))
-        bad = [u for u in updates if not _UPDATE_RE.match(u) or u == "fedavg0"]
-        if bad:
-            problems.append(f"updates={bad} (valid: fedsgd, fedavgK with K >= 1 local steps)")
-        object.__setattr__(self, "updates", updates)
-        for axis in ("batch_sizes", "bn", "stats", "updates", "labels"):
-            values = getattr(self, axis)
+                values = tuple(_grid_value(axis, v) for v in given)
+            except (ValueError, InvalidCaseError):
+                valid = _GRID_VALID.get(axis.key) or ", ".join(axis.choices)
+                problems.append(f"{axis.grid}={list(given)} (valid: {valid})")
+                continue
             if not values:
-                problems.append(f"{axis} is empty (give at least one value)")
+                problems.append(f"{axis.grid} is empty (give at least one value)")
             elif len(set(values)) != len(values):
-                problems.append(f"{axis}={[str(v) for v in values]} repeats a value")
+                problems.append(f"{axis.grid}={[str(v) for v in given]} repeats a value")
+            object.__setattr__(self, axis.grid, tuple(_shown(axis, v) for v in values))
         if problems:
             raise InvalidPackError("invalid grid: " + "; ".join(problems))
 
-    def clients(self) -> Iterator[tuple[ClientSpec, ThreatSpec]]:
-        """Every combination, in a stable order (batch size, BN mode, statistics, update, labels)."""
-        for bs, bn, stats, update, labels in itertools.product(self.batch_sizes, self.bn, self.stats, self.updates,
-                                                               self.labels):
-            steps = int(update[6:]) if update.startswith("fedavg") else 1
-            kind = UpdateKind.FEDAVG if update.startswith("fedavg") else UpdateKind.FEDSGD
-            yield (ClientSpec(bn_mode=bn, batch_size=bs, update=kind, local_steps=steps),
-                   ThreatSpec(stats=stats, labels=labels))
+    def cases(self, model: ModelSpec) -> Iterator[Case]:
+        """Every combination for ``model``, in a stable order (the order of the grammar's axes)."""
+        lists = [[_grid_value(axis, v) for v in getattr(self, axis.grid)] for axis in GRID_AXES]
+        for combination in itertools.product(*lists):
+            values = dict(zip((axis.key for axis in GRID_AXES), combination, strict=True))
+            yield Case.from_axes({"model": model.name, "res": model.resolution, **values})
+
+
+GRID_AXES = tuple(axis for axis in AXES if axis.grid)
+_GRID_VALID = {"bs": "positive integers", "update": "fedsgd, fedavgK with K >= 1 local steps",
+               "defences": "defence chains such as clip1.5 or clip1.5+identity, '' for none"}
+
+
+def _grid_value(axis: Axis, value: Any) -> Any:
+    """A grid entry as the axis' value (read as an id would spell it)."""
+    if axis.numeric:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidCaseError(f"{value!r} is not a positive integer")
+        return value
+    if axis.key == "defences" and value in ("", (), None):
+        return ()
+    text = "+".join(value) if isinstance(value, tuple) else str(value)
+    return axis.read(text)
+
+
+def _shown(axis: Axis, value: Any) -> Any:
+    """How a grid keeps a value: numbers and enums as they are, other axes as their id text."""
+    return value if axis.numeric or axis.choices else axis.write(value)
 
 
 def _tuple(values: Any) -> tuple[Any, ...]:
     """A comma-separated string, a single value or an iterable, as a tuple."""
     if isinstance(values, str):
-        return tuple(v.strip() for v in values.split(",") if v.strip())
+        return tuple(v.strip() for v in values.split(",")) if values else ("",)
     if isinstance(values, int):
         return (values,)
     return tuple(values)
@@ -118,16 +121,14 @@ def _tuple(values: Any) -> tuple[Any, ...]:
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge, "<=": operator.le, "!=": operator.ne, "=": operator.eq, ">": operator.gt, "<": operator.lt,
 }
-_CONDITION_RE = re.compile(r"^\s*(?P<key>[a-z_]+)\s*(?P<op>>=|<=|!=|=|>|<)\s*(?P<value>[A-Za-z0-9_.]+)\s*$")
+_CONDITION_RE = re.compile(r"^\s*(?P<key>[a-z_]+)\s*(?P<op>>=|<=|!=|=|>|<)\s*(?P<value>[A-Za-z0-9_.:+]*)\s*$")
+# Rule keys: every axis of the grammar (compared as spelled in ids), plus ``steps``, FedAvg's local steps.
 _KEYS: dict[str, Callable[[Case], Any]] = {
-    "bs": lambda c: c.client.batch_size,
-    "bn": lambda c: str(c.client.bn_mode),
-    "stats": lambda c: str(c.threat.stats),
-    "update": lambda c: "fedsgd" if c.client.update is UpdateKind.FEDSGD else f"fedavg{c.client.local_steps}",
+    **{axis.key: (lambda a: lambda c: a.get(c) if a.numeric else a.write(a.get(c)) if a.get(c) is not None
+                  else "")(axis) for axis in AXES},
     "steps": lambda c: c.client.local_steps,
-    "labels": lambda c: str(c.threat.labels),
 }
-_NUMERIC = {"bs", "steps"}
+_NUMERIC = {axis.key for axis in AXES if axis.numeric} | {"steps"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,8 @@ class Rule:
     """What must hold: every configuration matching ``where`` keeps SSIM at or below ``max_ssim``.
 
     ``where`` is empty (every configuration) or conditions joined by ``,`` (and): ``bs>=8``,
-    ``bn=train,stats=exact``, ``update!=fedsgd``. Keys: bs, bn, stats, update, steps, labels.
+    ``bn=train,stats=exact``, ``update!=fedsgd``, ``defences=clip1``. Keys: every axis of the case grammar
+    (``giacheck.specs.AXES``: model, res, bn, bs, stats, update, init, labels, defences, attack) and ``steps``.
     """
 
     text: str
@@ -281,9 +283,8 @@ class Pack:
         source = open_source(self.data, num_classes=entry.num_classes)
         model = ModelSpec(name=self.name, resolution=self.input_size or entry.default_size)
         cases, skipped, problems = [], [], []
-        for client, threat in self.grid.clients():
-            case = Case(model=model, client=client, threat=threat)
-            if threat.stats is StatsAccess.EXACT and client.bn_mode is BNMode.EVAL:
+        for case in self.grid.cases(model):
+            if case.threat.stats is StatsAccess.EXACT and case.client.bn_mode is BNMode.EVAL:
                 skipped.append((case.id, "an inference-mode client updates no running statistics: nothing to "
                                          "invert for stats_exact"))
                 continue

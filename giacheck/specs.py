@@ -2,17 +2,20 @@
 
 A case id is readable and stable, every value prefixed with its axis key (DESIGN §3)::
 
-    resnet18_cifar-32-bn_eval-bs1-stats_none[-upd_fedavg4][-init_p0.5][-lab_inferred]
+    resnet18_cifar-32-bn_eval-bs1-stats_none[-upd_fedavg4][-init_p0.5][-lab_inferred][-def_clip1.5][-atk_NAME]
 
+One table, :data:`AXES`, spells the grammar: it generates ``Case.id``, ``Case.parse``, the form quoted in errors
+(:data:`ID_FORM`), the pack's grid axes and rule keys. Adding an axis is one row (and the field it reads).
 ``Case.parse(case.id) == case`` for every valid case.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,7 +27,6 @@ __all__ = [
     "BNMode",
     "Case",
     "ClientSpec",
-    "InitKind",
     "LabelKnowledge",
     "ModelSpec",
     "Profile",
@@ -68,13 +70,6 @@ class LabelKnowledge(StrEnum):
 
     KNOWN = "known"
     INFERRED = "inferred"
-
-
-class InitKind(StrEnum):
-    """Random-noise initialization, or the paper's controlled initialization (§5.3, a diagnostic)."""
-
-    NOISE = "noise"
-    CONTROLLED = "controlled"
 
 
 class Selection(StrEnum):
@@ -186,17 +181,9 @@ class RunOptions:
             raise InvalidCaseError(f"budget={self.budget!r} (valid: a giacheck.specs.AttackSpec or None)")
 
 
-_ID_RE = re.compile(
-    r"^(?P<model>[A-Za-z0-9_.:]+)-(?P<res>\d+)-bn_(?P<bn>[a-z]+)-bs(?P<bs>\d+)-stats_(?P<stats>[a-z]+)"
-    r"(?:-upd_(?P<upd>fedsgd|fedavg)(?P<steps>\d+)?)?(?:-init_p(?P<p>\d+(?:\.\d+)?))?(?:-lab_(?P<lab>[a-z]+))?"
-    r"(?:-atk_(?P<atk>[A-Za-z0-9_.:]+))?$"
-)
-_ID_FORM = "MODEL-RES-bn_{train|eval}-bsN-stats_{none|naive|exact|proxy}[-upd_fedavgK][-init_pP][-lab_inferred]"
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Case:
-    """One cell of the test matrix: model × client × threat (+ optional controlled initialization)."""
+    """One cell of the test matrix: model × client × threat (+ controlled initialization, attack)."""
 
     model: ModelSpec
     client: ClientSpec = field(default_factory=ClientSpec)
@@ -205,28 +192,10 @@ class Case:
     attack: str = DEFAULT_ATTACK  # a registered attack name or ``package.module:Name`` (giacheck.attack.registry)
 
     @property
-    def init(self) -> InitKind:
-        return InitKind.NOISE if self.init_p is None else InitKind.CONTROLLED
-
-    @property
     def id(self) -> str:
-        """The readable, stable case id (see module docstring)."""
-        parts = [
-            self.model.name,
-            str(self.model.resolution),
-            f"bn_{self.client.bn_mode}",
-            f"bs{self.client.batch_size}",
-            f"stats_{self.threat.stats}",
-        ]
-        if self.client.update is UpdateKind.FEDAVG:
-            parts.append(f"upd_fedavg{self.client.local_steps}")
-        if self.init_p is not None:
-            parts.append(f"init_p{format_number(self.init_p)}")
-        if self.threat.labels is not LabelKnowledge.KNOWN:
-            parts.append(f"lab_{self.threat.labels}")
-        if self.attack != DEFAULT_ATTACK:
-            parts.append(f"atk_{self.attack}")
-        return "-".join(parts)
+        """The readable, stable case id (see the module docstring and :data:`AXES`)."""
+        return "-".join(axis.prefix + axis.write(value) for axis in AXES
+                        if (value := axis.get(self)) != axis.default or axis.default is REQUIRED)
 
     def __str__(self) -> str:
         return self.id
@@ -235,29 +204,123 @@ class Case:
         """Return a copy with top-level fields replaced."""
         return replace(self, **changes)
 
+    def axis(self, key: str) -> Any:
+        """The value of axis ``key`` (:data:`AXES`) for this case."""
+        return AXIS[key].get(self)
+
     @classmethod
     def parse(cls, case_id: str) -> Case:
         """Parse a case id; raise :class:`InvalidCaseError` naming the bad part and the valid form."""
-        m = _ID_RE.match(case_id.strip())
+        m = _ID_RE.match(case_id.strip()) if isinstance(case_id, str) else None
         if m is None:
-            raise InvalidCaseError(f"malformed case id {case_id!r}; expected {_ID_FORM}, "
+            raise InvalidCaseError(f"malformed case id {case_id!r}; expected {ID_FORM}, "
                                    "e.g. 'resnet18_cifar-32-bn_eval-bs1-stats_none'")
-        g = m.groupdict()
-        bn = _enum(BNMode, g["bn"], "bn", case_id)
-        stats = _enum(StatsAccess, g["stats"], "stats", case_id)
-        labels = _enum(LabelKnowledge, g["lab"] or "known", "lab", case_id)
-        update, steps = UpdateKind.FEDSGD, 1
-        if g["upd"] == "fedavg":
-            update, steps = UpdateKind.FEDAVG, int(g["steps"] or 1)
-        elif g["upd"] == "fedsgd" and g["steps"]:
-            raise InvalidCaseError(f"case id {case_id!r}: 'upd_fedsgd' takes no step count (FedSGD is one gradient)")
+        values = {}
+        for axis in AXES:
+            text = m[axis.key]
+            if text is None:
+                values[axis.key] = axis.default
+                continue
+            try:
+                values[axis.key] = axis.read(text)
+            except InvalidCaseError as exc:
+                raise InvalidCaseError(f"case id {case_id!r}: {exc}") from None
+            except ValueError:
+                valid = ", ".join(axis.prefix + v for v in axis.choices) or axis.prefix + axis.valid
+                raise InvalidCaseError(f"case id {case_id!r}: unknown value '{axis.prefix}{text}'; "
+                                       f"valid: {valid}") from None
+        return cls.from_axes(values)
+
+    @classmethod
+    def from_axes(cls, values: dict[str, Any]) -> Case:
+        """A case from axis values by key (omitted optional axes take their defaults)."""
+        v = {axis.key: axis.default for axis in AXES if axis.default is not REQUIRED} | values
+        kind, steps = v["update"]
         return cls(
-            model=ModelSpec(name=g["model"], resolution=int(g["res"])),
-            client=ClientSpec(bn_mode=bn, batch_size=int(g["bs"]), update=update, local_steps=steps),
-            threat=ThreatSpec(stats=stats, labels=labels),
-            init_p=float(g["p"]) if g["p"] is not None else None,
-            attack=g["atk"] or DEFAULT_ATTACK,
+            model=ModelSpec(name=v["model"], resolution=v["res"]),
+            client=ClientSpec(bn_mode=v["bn"], batch_size=v["bs"], update=kind, local_steps=steps,
+                              defences=v["defences"]),
+            threat=ThreatSpec(stats=v["stats"], labels=v["labels"]),
+            init_p=v["init"],
+            attack=v["attack"],
         )
+
+
+REQUIRED = object()  # an axis every id spells out (the others are omitted at their default)
+
+
+@dataclass(frozen=True, slots=True)
+class Axis:
+    """One axis of the case grammar: its key, how its value is spelled in an id, and how it is read back.
+
+    ``key`` names the axis in packs (``Rule`` conditions) and in :meth:`Case.axis`; ``grid`` names the
+    :class:`giacheck.pack.Grid` field that lists its values (None: not a grid axis).
+    """
+
+    key: str
+    prefix: str
+    pattern: str
+    read: Callable[[str], Any]
+    write: Callable[[Any], str]
+    get: Callable[[Case], Any]
+    valid: str
+    default: Any = REQUIRED
+    grid: str | None = None
+    numeric: bool = False  # compared with <, >= … in rules
+    choices: tuple[str, ...] = ()  # the valid values of an enum axis
+
+
+def _read_update(text: str) -> tuple[UpdateKind, int]:
+    if text.startswith("fedsgd"):
+        if text != "fedsgd":
+            raise InvalidCaseError("'upd_fedsgd' takes no step count (FedSGD is one gradient)")
+        return UpdateKind.FEDSGD, 1
+    steps = int(text[len("fedavg"):] or 1)
+    if steps < 1:
+        raise InvalidCaseError(f"'upd_{text}': FedAvg needs at least one local step (valid: upd_fedavgK, K >= 1)")
+    return UpdateKind.FEDAVG, steps
+
+
+def _write_update(value: tuple[UpdateKind, int]) -> str:
+    kind, steps = value
+    return "fedsgd" if kind is UpdateKind.FEDSGD else f"fedavg{steps}"
+
+
+def _update_of(case: Case) -> tuple[UpdateKind, int]:
+    if case.client.update is UpdateKind.FEDSGD:
+        return UpdateKind.FEDSGD, 1
+    return UpdateKind.FEDAVG, case.client.local_steps
+
+
+def _enum_axis(key: str, prefix: str, kind: type[StrEnum], get: Callable[[Case], Any], **more: Any) -> Axis:
+    return Axis(key, prefix, r"[a-z]+", kind, str, get, "{" + "|".join(kind) + "}", choices=tuple(kind), **more)
+
+
+AXES: tuple[Axis, ...] = (
+    Axis("model", "", r"[A-Za-z0-9_.:]+", str, str, lambda c: c.model.name, "MODEL"),
+    Axis("res", "", r"\d+", int, str, lambda c: c.model.resolution, "RES", numeric=True),
+    _enum_axis("bn", "bn_", BNMode, lambda c: c.client.bn_mode, grid="bn"),
+    Axis("bs", "bs", r"\d+", int, str, lambda c: c.client.batch_size, "N",
+         grid="batch_sizes", numeric=True),
+    _enum_axis("stats", "stats_", StatsAccess, lambda c: c.threat.stats, grid="stats"),
+    Axis("update", "upd_", r"fedsgd\d*|fedavg\d*", _read_update, _write_update, _update_of, "{fedsgd|fedavgK}",
+         default=(UpdateKind.FEDSGD, 1), grid="updates"),
+    Axis("init", "init_p", r"\d+(?:\.\d+)?", float, lambda p: format_number(p), lambda c: c.init_p,
+         "P", default=None),
+    _enum_axis("labels", "lab_", LabelKnowledge, lambda c: c.threat.labels, default=LabelKnowledge.KNOWN,
+               grid="labels"),
+    Axis("defences", "def_", r"[A-Za-z0-9_.:+]+", lambda t: ClientSpec(defences=t).defences, "+".join,
+         lambda c: c.client.defences, "NAMEVALUE[+NAMEVALUE…]", default=(), grid="defences"),
+    Axis("attack", "atk_", r"[A-Za-z0-9_.:]+", str, str, lambda c: c.attack, "NAME",
+         default=DEFAULT_ATTACK),
+)
+AXIS: dict[str, Axis] = {axis.key: axis for axis in AXES}
+_ID_RE = re.compile("^" + "".join(
+    (f"(?P<{a.key}>{a.pattern})" if not a.prefix else f"-{a.prefix}(?P<{a.key}>{a.pattern})")
+    if a.default is REQUIRED else f"(?:-{a.prefix}(?P<{a.key}>{a.pattern}))?"
+    for a in AXES).replace(")(?P<res>", ")-(?P<res>") + "$")
+ID_FORM = "-".join(f"{a.prefix}{a.valid}" if a.default is REQUIRED
+                   else f"[-{a.prefix}{a.valid}]" for a in AXES).replace("-[", "[")
 
 
 _E = TypeVar("_E", bound=StrEnum)
@@ -273,14 +336,6 @@ def _coerce(spec: object, **fields: type[StrEnum]) -> None:
             except ValueError:
                 valid = ", ".join(kind)
                 raise InvalidCaseError(f"{type(spec).__name__}.{name}={value!r}; valid: {valid}") from None
-
-
-def _enum(kind: type[_E], value: str, key: str, case_id: str) -> _E:
-    try:
-        return kind(value)
-    except ValueError:
-        valid = ", ".join(f"{key}_{v}" for v in kind)
-        raise InvalidCaseError(f"case id {case_id!r}: unknown value '{key}_{value}'; valid: {valid}") from None
 
 
 def format_number(p: float) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from giacheck.data import ImageSource
-from giacheck.errors import InvalidCaseError
+from giacheck.defences import make_defences
+from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.models import ModelEntry, get_entry
 from giacheck.specs import BNMode, Case, LabelKnowledge, StatsAccess, UpdateKind
+from giacheck.tasks import get_task
 
 __all__ = ["check_case", "validate"]
 
@@ -54,9 +56,20 @@ def validate(case: Case, *, entry: ModelEntry | None = None, source: ImageSource
         problems.append(f"client local_lr={client.local_lr} (valid: > 0)")
     if case.init_p is not None and not 0.0 <= case.init_p <= 1.0:
         problems.append(f"init_p{case.init_p:g} (valid: a noise fraction in [0, 1])")
-    if threat.labels is LabelKnowledge.INFERRED and entry.task != "classification":
-        problems.append(f"lab_inferred is implemented for classification only, {entry.name} is {entry.task}")
+    if threat.labels is LabelKnowledge.INFERRED and not get_task(entry.task).labels_inferable:
+        problems.append(f"lab_inferred: labels cannot be inferred for {entry.name}'s task {entry.task!r} "
+                        "(valid: lab_known)")
+    problems += _defence_problems(client.defences)
     return problems
+
+
+def _defence_problems(tokens: tuple[str, ...]) -> list[str]:
+    """Each defence of the chain must be known and accept its parameter."""
+    try:
+        make_defences(tokens)
+    except GiacheckError as exc:
+        return [str(exc)]
+    return []
 
 
 def check_case(case: Case, *, entry: ModelEntry | None = None, source: ImageSource | None = None) -> None:

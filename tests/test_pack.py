@@ -15,7 +15,7 @@ from giacheck.cli import main
 from giacheck.errors import InvalidCaseError, UnknownModelError
 from giacheck.models import get_entry, register_alias
 from giacheck.pack import Grid, InvalidPackError, Pack, Rule, default_control
-from giacheck.specs import Case
+from giacheck.specs import Case, ModelSpec
 
 pytest_plugins = ["pytester"]
 
@@ -60,8 +60,8 @@ def vendor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 # ------------------------------------------------------------------------------------------------ grid and rules
 def test_grid_takes_strings_and_enums() -> None:
     grid = Grid(batch_sizes=(1, 8), bn="train,eval", stats=["none", "exact"], updates="fedsgd,fedavg4")
-    assert [str(b) for b in grid.bn] == ["train", "eval"] and len(list(grid.clients())) == 2 * 2 * 2 * 2
-    steps = {c.local_steps for c, _ in grid.clients()}
+    assert [str(b) for b in grid.bn] == ["train", "eval"] and len(list(grid.cases(ModelSpec(name="m", resolution=16)))) == 2 * 2 * 2 * 2
+    steps = {c.client.local_steps for c in grid.cases(ModelSpec(name="m", resolution=16))}
     assert steps == {1, 4}
 
 
@@ -90,7 +90,7 @@ def test_rule_conditions() -> None:
 
 
 @pytest.mark.parametrize(("where", "match"), [
-    ("bs=>8", r"cannot read condition 'bs=>8'.*KEY one of bs, bn"),
+    ("bs=>8", r"cannot read condition 'bs=>8'.*KEY one of model, res, bn, bs"),
     ("batch>=8", r"cannot read condition 'batch>=8'"),
     ("bs>=eight", r"bs compares with a whole number"),
     ("bn>=train", r"bn takes = or !="),

@@ -13,7 +13,6 @@ from giacheck.specs import (
     BNMode,
     Case,
     ClientSpec,
-    InitKind,
     LabelKnowledge,
     ModelSpec,
     StatsAccess,
@@ -91,7 +90,7 @@ def test_parse_reference_id() -> None:
     assert case.threat.stats is StatsAccess.NONE
     assert case.threat.labels is LabelKnowledge.KNOWN
     assert case.init_p is None
-    assert case.init is InitKind.NOISE
+    assert case.init_p is None
     assert case.id == "resnet18_cifar-32-bn_eval-bs1-stats_none"
 
 
@@ -104,7 +103,7 @@ def test_parse_all_tails() -> None:
     assert case.client.local_steps == 4
     assert case.threat == ThreatSpec(stats=StatsAccess.EXACT, labels=LabelKnowledge.INFERRED)
     assert case.init_p == 0.5
-    assert case.init is InitKind.CONTROLLED
+    assert case.init_p is not None
 
 
 def test_parse_module_function_model_name() -> None:
