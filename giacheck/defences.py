@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from giacheck.errors import InvalidCaseError
+from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.plugins import Registry
 from giacheck.specs import DEFENCE_TOKEN, format_number
 
@@ -77,7 +77,13 @@ def make_defences(tokens: Sequence[str]) -> list[Defence]:
     defences = []
     for token in tokens:
         name, value = parse_token(token)
-        defence = DEFENCES.get(name)(value)
+        factory = DEFENCES.get(name)
+        try:
+            defence = factory(value)
+        except GiacheckError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise InvalidCaseError(f"defence {token!r}: {exc}") from None
         if not isinstance(defence, Defence):
             raise InvalidCaseError(f"defence {token!r}: its factory returned {type(defence).__name__}, which lacks "
                                    "the Defence protocol (name, stage, token, params(), apply())")

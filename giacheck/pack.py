@@ -28,8 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from giacheck import claims
-from giacheck.errors import InvalidCaseError
-from giacheck.specs import AXES, AttackSpec, Axis, BNMode, Case, LabelKnowledge, ModelSpec, RunOptions, StatsAccess
+from giacheck.errors import GiacheckError, InvalidCaseError
+from giacheck.specs import (
+    AXES,
+    DEFAULT_ATTACK,
+    AttackSpec,
+    Axis,
+    BNMode,
+    Case,
+    LabelKnowledge,
+    ModelSpec,
+    RunOptions,
+    StatsAccess,
+)
 
 __all__ = ["CONTROL_MIN_SSIM", "Grid", "InvalidPackError", "Pack", "Rule", "default_control"]
 
@@ -78,12 +89,12 @@ class Grid:
         if problems:
             raise InvalidPackError("invalid grid: " + "; ".join(problems))
 
-    def cases(self, model: ModelSpec) -> Iterator[Case]:
-        """Every combination for ``model``, in a stable order (the order of the grammar's axes)."""
+    def cases(self, model: ModelSpec, *, attack: str = DEFAULT_ATTACK) -> Iterator[Case]:
+        """Every combination for ``model`` attacked by ``attack``, in a stable order (the grammar's axes')."""
         lists = [[_grid_value(axis, v) for v in getattr(self, axis.grid)] for axis in GRID_AXES]
         for combination in itertools.product(*lists):
             values = dict(zip((axis.key for axis in GRID_AXES), combination, strict=True))
-            yield Case.from_axes({"model": model.name, "res": model.resolution, **values})
+            yield Case.from_axes({"model": model.name, "res": model.resolution, "attack": attack, **values})
 
 
 GRID_AXES = tuple(axis for axis in AXES if axis.grid)
@@ -207,6 +218,8 @@ class Pack:
             when the pack is an installed package shipping them as package data.
         data: image source (``bundled``, ``imagefolder:PATH``, ``cifar10:PATH``); seed: model init and attack seed.
         attack: overrides the profile's budget (for the control too, so the budget stays the same).
+        attacker: the attack run on every configuration and on the control (a registered attack name or
+            ``package.module:Name``; default the built-in); its name is part of every case id but the built-in's.
     """
 
     name: str
@@ -223,6 +236,7 @@ class Pack:
     data: str = "bundled"
     seed: int = 0
     attack: AttackSpec | None = None
+    attacker: str = DEFAULT_ATTACK
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -275,15 +289,20 @@ class Pack:
             InvalidPackError: the model does not import or its factory fails, or any configuration is invalid
                 for this model (every bad configuration is listed with why and what is valid).
         """
+        from giacheck.attack.registry import ATTACKS
         from giacheck.data import open_source
         from giacheck.models import get_entry
         from giacheck.validation import validate
 
         entry = self.entry()
+        try:
+            ATTACKS.get(self.attacker)
+        except GiacheckError as exc:
+            raise InvalidPackError(f"pack {self.name}: attacker={self.attacker!r}: {exc}") from None
         source = open_source(self.data, num_classes=entry.num_classes)
         model = ModelSpec(name=self.name, resolution=self.input_size or entry.default_size)
         cases, skipped, problems = [], [], []
-        for case in self.grid.cases(model):
+        for case in self.grid.cases(model, attack=self.attacker):
             if case.threat.stats is StatsAccess.EXACT and case.client.bn_mode is BNMode.EVAL:
                 skipped.append((case.id, "an inference-mode client updates no running statistics: nothing to "
                                          "invert for stats_exact"))
@@ -318,7 +337,9 @@ class Pack:
 
     @property
     def control_id(self) -> str:
-        return self.control or default_control(self.resolution)
+        """The positive control's id, attacked by the pack's attacker (the same attack as every configuration)."""
+        control = Case.parse(self.control or default_control(self.resolution))
+        return control.with_(attack=self.attacker).id
 
     def run_options(self) -> RunOptions:
         """How every case and the control run (:func:`giacheck.runner.run_case`): the same for all of them."""
