@@ -177,7 +177,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         print(f"{result.case_id}: SSIM mean {result.ssim_mean:.3f} max {result.ssim_max:.3f} "
               f"(secondary patch-matched {result.patch_ssim_mean:.3f}), 1-cos {result.grad_distance:.4f}, "
-              f"{result.iterations} iterations x {result.restarts} restarts in {result.timings['attack_s']:.1f} s")
+              f"{result.iterations} iterations x {result.restarts} restarts in {result.timings.attack_s:.1f} s")
     return 0
 
 

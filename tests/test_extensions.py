@@ -31,15 +31,15 @@ def extensions(monkeypatch: pytest.MonkeyPatch):
 
 def test_registered_attack_runs_and_is_named_in_the_result() -> None:
     result = run_case(f"{LENET}-atk_dlg", options=BUDGET)
-    assert result.case_id == f"{LENET}-atk_dlg" and result.attack["name"] == "dlg"
+    assert result.case_id == f"{LENET}-atk_dlg" and result.attack.name == "dlg"
     assert result.ssim_mean > 0.9  # DLG inverts the sigmoid LeNet (Zhu et al.); measured 0.996
     builtin = run_case(LENET, options=BUDGET)
-    assert builtin.attack["name"] == "gradmatch" and builtin.case_id == LENET
+    assert builtin.attack.name == "gradmatch" and builtin.case_id == LENET
 
 
 def test_attack_named_by_import_path() -> None:
     result = run_case(f"{LENET}-atk_gia_extensions:DLG", options=BUDGET)
-    assert result.attack["name"] == "gia_extensions:DLG" and Case.parse(result.case_id).attack == "gia_extensions:DLG"
+    assert result.attack.name == "gia_extensions:DLG" and Case.parse(result.case_id).attack == "gia_extensions:DLG"
 
 
 def test_unknown_attack_lists_close_matches_before_compute() -> None:

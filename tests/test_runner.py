@@ -228,14 +228,14 @@ def test_reconstruction_is_reordered_to_match_originals() -> None:
 
 def test_stats_proxy_records_candidates_and_never_uses_client_images() -> None:
     result = run_case("resnet18_cifar-32-bn_train-bs2-stats_proxy", options=RunOptions(budget=TINY))
-    proxy = result.threat["proxy"]
-    assert proxy["candidates"] == 4
-    assert len(proxy["grad_distances"]) == 4
-    assert 0 <= proxy["chosen"] < 4
-    assert proxy["chosen"] == int(np.argmin(proxy["grad_distances"]))  # chosen by alignment, not by SSIM
-    client = set(result.manifest["images"])
+    proxy = result.threat.proxy
+    assert proxy.candidates == 4
+    assert len(proxy.grad_distances) == 4
+    assert 0 <= proxy.chosen < 4
+    assert proxy.chosen == int(np.argmin(proxy.grad_distances))  # chosen by alignment, not by SSIM
+    client = set(result.manifest.images)
     assert len(client) == 2
-    assert len(proxy["pool"]) == 8 and not client & set(proxy["pool"])
+    assert len(proxy.pool) == 8 and not client & set(proxy.pool)
     json.dumps(result.to_dict(), allow_nan=False)
 
 
@@ -249,13 +249,13 @@ def test_stats_proxy_needs_enough_auxiliary_images(no_attack: None, tmp_path) ->
 
 def test_lab_inferred_records_label_accuracy() -> None:
     result = run_case("resnet18_cifar-32-bn_eval-bs1-stats_none-lab_inferred", options=RunOptions(budget=TINY))
-    assert result.threat["labels"] == "inferred"
-    assert result.threat["label_accuracy"] == 1.0
-    assert result.threat["inferred_labels"] == [0]  # astronaut is label 0 of the bundled source
+    assert result.threat.labels == "inferred"
+    assert result.threat.label_accuracy == 1.0
+    assert result.threat.inferred_labels == [0]  # astronaut is label 0 of the bundled source
 
 
 def test_known_labels_record_no_accuracy(lenet_result: Result) -> None:
-    assert lenet_result.threat == {"stats": "none", "labels": "known"}
+    assert lenet_result.threat.to_dict() == {"stats": "none", "labels": "known"}
 
 
 @pytest.mark.parametrize(("p", "low", "high"), [(0.0, 1.0 - 1e-9, 1.0 + 1e-9), (1.0, -1.0, 0.2)])
@@ -263,7 +263,7 @@ def test_controlled_init_ssim(p: float, low: float, high: float) -> None:
     case = Case.parse(LENET).with_(init_p=p)
     result = run_case(case, options=RunOptions(budget=AttackSpec(iterations=1)))
     assert result.case_id.endswith(f"-init_p{p:g}")
-    assert low <= result.threat["init_ssim"] <= high
+    assert low <= result.threat.init_ssim <= high
 
 
 def test_controlled_init_replaces_whole_pixels() -> None:
@@ -283,9 +283,9 @@ def test_detection_case_runs_end_to_end_with_box_targets() -> None:
     """YOLO cases take annotated bundled images and their boxes as the known labels."""
     result = run_case("yolov8n-64-bn_train-bs1-stats_none",
                       options=RunOptions(budget=AttackSpec(iterations=2, restarts=2)))
-    assert result.manifest["images"] == ("bus",)
+    assert result.manifest.images == ("bus",)
     assert 0.0 <= result.ssim_mean <= 1.0
-    assert result.attack["batched"] is False  # the detection loss's target assignment does not vmap
+    assert result.attack.batched is False  # the detection loss's target assignment does not vmap
 
 
 def test_train_mode_batchnorm_with_one_value_per_channel_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,4 +308,6 @@ def test_result_state_round_trips_through_a_weights_only_load(tmp_path) -> None:
     back = Result.from_state(torch.load(path, weights_only=True))
     assert json.dumps(back.to_dict()) == json.dumps(result.to_dict())  # what reports and baselines get
     assert back.selection is result.selection and back.ssim == result.ssim
+    for part in ("attack", "oracle", "threat", "timings", "manifest"):  # typed parts come back typed and equal
+        assert getattr(back, part) == getattr(result, part), part
     assert torch.equal(back.original, result.original) and torch.equal(back.reconstruction, result.reconstruction)

@@ -1,0 +1,226 @@
+"""The result of one case: scores, curves, the attack's identity, the threat, timings and provenance.
+
+Every part is a small frozen dataclass; ``Result.to_dict()`` is the JSON form that results files, baselines and
+reports read, and ``to_state``/``from_state`` the form xdist workers share (plain values and two tensors, read
+back with ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from giacheck.specs import AttackSpec, Selection
+
+__all__ = ["AttackInfo", "Manifest", "Oracle", "ProxyChoiceRecord", "Result", "Threat", "Timings"]
+
+
+def finite(value: float | None) -> float | None:
+    """JSON has no inf or NaN: identical images give PSNR inf, written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _plain(part: Any) -> dict[str, Any]:
+    """A part as a dict without its unset (None) optional fields."""
+    return {k: v for k, v in dataclasses.asdict(part).items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttackInfo:
+    """Which attack ran, with which budget (its identity in baselines), and how it ran."""
+
+    name: str
+    spec: AttackSpec
+    batched: bool
+    patch_size: int  # the secondary score's patch size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self.spec), "batched": self.batched,
+                "patch_size": self.patch_size}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttackInfo:
+        data = dict(data)
+        name, batched, patch = data.pop("name"), data.pop("batched"), data.pop("patch_size")
+        return cls(name=name, spec=AttackSpec(**data), batched=batched, patch_size=patch)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Oracle:
+    """The best-SSIM restart: an auditor's upper bound, labelled, never the attack's result."""
+
+    restart: int
+    ssim_mean: float
+    selected_restart: int
+    selection: str = str(Selection.ORACLE)
+    note: str = "best SSIM against the private images over restarts: an upper bound, not the attack result"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Oracle:
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyChoiceRecord:
+    """Which auxiliary batch gave the proxy statistics, and every candidate's update distance."""
+
+    candidates: int
+    chosen: int
+    grad_distances: list[float]
+    pool: list[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Threat:
+    """What the attacker knew or inferred; optional parts are None when they do not apply."""
+
+    stats: str
+    labels: str
+    label_accuracy: float | None = None  # lab_inferred: multiset accuracy of the inferred labels
+    inferred_labels: list[int] | None = None
+    proxy: ProxyChoiceRecord | None = None
+    init_ssim: float | None = None  # controlled initialization: SSIM of the start (a diagnostic)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Threat:
+        data = dict(data)
+        if data.get("proxy") is not None:
+            data["proxy"] = ProxyChoiceRecord(**data["proxy"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timings:
+    """Wall-clock seconds of each stage of the case."""
+
+    build_s: float
+    client_s: float
+    prepare_s: float
+    attack_s: float
+    per_iteration_s: float
+    metrics_s: float
+    total_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Timings:
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    """Provenance: versions, device, seed, git revision, metric definition, data and model."""
+
+    versions: dict[str, str | None]
+    device: str
+    device_name: str
+    seed: int
+    git_revision: str | None
+    metric: dict[str, Any]
+    platform: str
+    data: str
+    images: tuple[str, ...]
+    model: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        return cls(**{**data, "images": tuple(data["images"])})
+
+
+_PARTS = {"attack": AttackInfo, "oracle": Oracle, "threat": Threat, "timings": Timings, "manifest": Manifest}
+_TENSOR_FIELDS = ("original", "reconstruction")
+_TUPLE_FIELDS = ("ssim", "psnr", "patch_ssim", "curve")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    """Scores, curves, timings and provenance of one attack; images kept as tensors (not in ``to_dict``)."""
+
+    case_id: str
+    profile: str
+    seed: int
+    ssim: tuple[float, ...]
+    psnr: tuple[float, ...]
+    patch_ssim: tuple[float, ...]  # secondary, permutation-tolerant score (metrics.patch_matched_ssim)
+    objective: float
+    grad_distance: float  # the attack's update distance (``attack.spec.distance``) at the selected restart
+    curve: tuple[float, ...]  # objective of the selected restart, per iteration
+    iterations: int
+    restarts: int
+    selection: Selection
+    oracle: Oracle
+    attack: AttackInfo
+    threat: Threat
+    timings: Timings
+    manifest: Manifest
+    original: torch.Tensor = field(repr=False)
+    reconstruction: torch.Tensor = field(repr=False)
+
+    @property
+    def ssim_mean(self) -> float:
+        return sum(self.ssim) / len(self.ssim)
+
+    @property
+    def ssim_max(self) -> float:
+        return max(self.ssim)
+
+    @property
+    def patch_ssim_mean(self) -> float:
+        return sum(self.patch_ssim) / len(self.patch_ssim)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (no tensors); ``ssim`` holds per-image, mean and max."""
+        psnr_mean = sum(self.psnr) / len(self.psnr)
+        return {
+            "case_id": self.case_id,
+            "profile": self.profile,
+            "seed": self.seed,
+            "ssim": {"per_image": list(self.ssim), "mean": self.ssim_mean, "max": self.ssim_max},
+            "psnr": {"per_image": [finite(v) for v in self.psnr], "mean": finite(psnr_mean)},
+            "secondary": {"patch_matched_ssim": {"per_image": list(self.patch_ssim), "mean": self.patch_ssim_mean,
+                                                 "note": "secondary, permutation-tolerant; claims use ssim"}},
+            "objective": self.objective,
+            "grad_distance": self.grad_distance,
+            "curve": list(self.curve),
+            "iterations": self.iterations,
+            "restarts": self.restarts,
+            "selection": str(self.selection),
+            **{name: getattr(self, name).to_dict() for name in _PARTS},
+        }
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain values and the two image tensors only (:meth:`from_state` reads it back exactly; PSNR may be
+        ``inf``, which ``torch.save`` keeps)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in _TENSOR_FIELDS and f.name not in _PARTS}
+        fields = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Selection) else v)
+                  for k, v in fields.items()}
+        parts = {name: getattr(self, name).to_dict() for name in _PARTS}
+        plain = json.loads(json.dumps({"fields": fields, "parts": parts}))  # lists, dicts, str, numbers only
+        return {**plain,
+                **{name: getattr(self, name).contiguous() for name in _TENSOR_FIELDS}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Result:
+        fields = dict(state["fields"])
+        for name in _TUPLE_FIELDS:
+            fields[name] = tuple(fields[name])
+        fields["selection"] = Selection(fields["selection"])
+        parts = {name: kind.from_dict(state["parts"][name]) for name, kind in _PARTS.items()}
+        return cls(**fields, **parts, **{name: state[name] for name in _TENSOR_FIELDS})
