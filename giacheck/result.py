@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from giacheck.jsonio import finite
 from giacheck.specs import AttackSpec, Selection
 
 __all__ = ["AttackInfo", "Manifest", "Oracle", "ProxyChoiceRecord", "Result", "Threat", "Timings"]
-
-
-def finite(value: float | None) -> float | None:
-    """JSON has no inf or NaN: identical images give PSNR inf, written as null."""
-    return value if value is not None and math.isfinite(value) else None
 
 
 def _plain(part: Any) -> dict[str, Any]:

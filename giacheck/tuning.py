@@ -4,7 +4,8 @@ The paper tunes, per setting, "(i) the total-variation regularization weight λ_
 (ii) normalization statistic regularization strength λ_BN ∈ {0, 1e-4, 1e-2}, (iii) attack learning rate
 η ∈ [1e-4, 1e2] (log-uniform)" with Optuna's default TPE sampler (Appendix A). Two ways to pick the best trial:
 
-- ``Selection.OBJECTIVE`` (default) minimizes the final gradient distance ``1 − cos`` of each trial's attack:
+- ``Selection.OBJECTIVE`` (default) minimizes the final update distance (``AttackSpec.distance``, ``1 − cos`` by
+  default) of each trial's attack:
   the part of the attack objective that is comparable across λ_TV and λ_BN, and uses no ground truth, so the
   tuned attack is one a real server could run. SSIM is never read in this mode.
 - ``Selection.ORACLE`` maximizes SSIM against the client's private images, as the paper did ("we actively
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from giacheck.errors import GiacheckError
+from giacheck.jsonio import finite
 from giacheck.specs import AttackSpec, Case, RunOptions, Selection, get_profile
 
 if TYPE_CHECKING:
@@ -98,9 +100,9 @@ class TrialRecord:
         return {"tv_weight": self.tv_weight, "bn_weight": self.bn_weight, "lr": self.lr}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"number": self.number, "state": self.state, "params": self.params, "value": _finite(self.value),
-                "objective": _finite(self.objective), "grad_distance": _finite(self.grad_distance),
-                "ssim_mean": _finite(self.ssim_mean)}
+        return {"number": self.number, "state": self.state, "params": self.params, "value": finite(self.value),
+                "objective": finite(self.objective), "grad_distance": finite(self.grad_distance),
+                "ssim_mean": finite(self.ssim_mean)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,7 +188,7 @@ def tune(
         storage: ``None`` (in memory), an RDB URL (``sqlite:///tuning.db``) or a journal file path ending in
             ``.log``/``.journal``; an existing study of the same name is loaded and extended.
         study_name: defaults to one derived from the case, profile, selection and seed.
-        selection: ``objective`` minimizes the final ``1 − cos`` (no ground truth); ``oracle`` maximizes SSIM
+        selection: ``objective`` minimizes the final update distance (no ground truth); ``oracle`` maximizes SSIM
             (an auditor's upper bound).
         base: attack spec whose other fields (iterations, restarts, …) every trial keeps.
         space: the ranges searched (default: Appendix A's).
@@ -198,7 +200,6 @@ def tune(
         GiacheckError: bad ``trials``, storage, case, profile or selection, or a stored study set up for another
             case/profile/seed/selection/base/space — all before any attack runs; or no trial completed.
     """
-    import optuna
 
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise GiacheckError(f"trials={trials!r}; valid: an integer >= 1 (the number of trials this call runs)")
@@ -209,35 +210,15 @@ def tune(
     _check_case(case, data)
     optuna_storage = _open_storage(storage)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name or f"giacheck:{case.id}:{profile}:{selection}:seed{seed}"
     config = {"case_id": case.id, "profile": profile, "seed": seed, "data": data, "selection": str(selection),
               "base": dataclasses.asdict(spec), "space": {k: list(v) for k, v in dataclasses.asdict(space).items()}}
-    if optuna_storage is None:
-        optuna_storage = optuna.storages.InMemoryStorage()
-    probe = optuna.create_study(storage=optuna_storage, study_name=name, direction=_DIRECTION[selection],
-                                load_if_exists=True)
-    _check_config(probe, config, name)
-    stored = len(probe.get_trials(deepcopy=False))
-    effective_seed = _resume_seed(seed if sampler_seed is None else sampler_seed, stored)
-    study = optuna.load_study(study_name=name, storage=optuna_storage,
-                              sampler=optuna.samplers.TPESampler(seed=effective_seed))
+    study, effective_seed = _open_study(optuna_storage, name, config, selection,
+                                        seed if sampler_seed is None else sampler_seed)
 
     def objective(trial: optuna.Trial) -> float:
-        params = space.suggest(trial)
-        options = RunOptions(seed=seed, data=data, budget=dataclasses.replace(spec, **params))
-        result = run_case(case, profile=profile, device=device, options=options)
-        grad_distance = float(result.grad_distance)
-        trial.set_user_attr("grad_distance", grad_distance)
-        trial.set_user_attr("objective", float(result.objective))
-        if selection is Selection.ORACLE:
-            value = float(result.ssim_mean)
-            trial.set_user_attr("ssim_mean", value)
-        else:
-            value = grad_distance  # the ground truth is never read in this mode
-        log.info("%s trial %d: tv_weight=%.3g bn_weight=%.3g lr=%.3g -> %s=%.4g", case.id, trial.number,
-                 params["tv_weight"], params["bn_weight"], params["lr"], _METRIC[selection], value)
-        return value
+        return _run_trial(trial, case, space, spec, selection, profile=profile, device=device,
+                          options=RunOptions(seed=seed, data=data))
 
     study.optimize(objective, n_trials=trials)
 
@@ -253,6 +234,41 @@ def tune(
     return TuningResult(case_id=case.id, profile=profile, seed=seed, sampler_seed=effective_seed,
                         selection=selection, best_attack=best_spec, best_value=float(best.value),
                         best_trial=best.number, trials_run=trials, trials=records, study_name=name, storage=storage)
+
+
+def _open_study(storage: Any, name: str, config: dict[str, Any], selection: Selection,
+                sampler_seed: int) -> tuple[optuna.Study, int]:
+    """Create or load the study ``name``, check it was set up for ``config``, reseed TPE past stored trials."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage is None:
+        storage = optuna.storages.InMemoryStorage()
+    probe = optuna.create_study(storage=storage, study_name=name, direction=_DIRECTION[selection],
+                                load_if_exists=True)
+    _check_config(probe, config, name)
+    effective_seed = _resume_seed(sampler_seed, len(probe.get_trials(deepcopy=False)))
+    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.TPESampler(seed=effective_seed))
+    return study, effective_seed
+
+
+def _run_trial(trial: optuna.Trial, case: Case, space: SearchSpace, spec: AttackSpec, selection: Selection, *,
+               profile: str, device: str, options: RunOptions) -> float:
+    """Run one sampled setting; its value is the attack's update distance, or SSIM under oracle selection."""
+    params = space.suggest(trial)
+    options = dataclasses.replace(options, budget=dataclasses.replace(spec, **params))
+    result = run_case(case, profile=profile, device=device, options=options)
+    grad_distance = float(result.grad_distance)
+    trial.set_user_attr("grad_distance", grad_distance)
+    trial.set_user_attr("objective", float(result.objective))
+    if selection is Selection.ORACLE:
+        value = float(result.ssim_mean)
+        trial.set_user_attr("ssim_mean", value)
+    else:
+        value = grad_distance  # the ground truth is never read in this mode
+    log.info("%s trial %d: tv_weight=%.3g bn_weight=%.3g lr=%.3g -> %s=%.4g", case.id, trial.number,
+             params["tv_weight"], params["bn_weight"], params["lr"], _METRIC[selection], value)
+    return value
 
 
 def _selection(value: Selection | str) -> Selection:
@@ -336,9 +352,6 @@ def _resume_seed(seed: int, stored: int) -> int:
     """``seed`` for a new study; for one resumed after ``stored`` trials, a seed derived from both."""
     return seed if stored == 0 else int(np.random.SeedSequence([seed, stored]).generate_state(1)[0])
 
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def _redact(storage: str | None) -> str | None:
