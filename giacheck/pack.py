@@ -111,6 +111,8 @@ def _grid_value(axis: Axis, value: Any) -> Any:
     if axis.key == "defences" and value in ("", (), None):
         return ()
     text = "+".join(value) if isinstance(value, tuple) else str(value)
+    if not re.fullmatch(axis.pattern, text):
+        raise InvalidCaseError(f"{text!r} is not of the form {axis.valid}")
     return axis.read(text)
 
 

@@ -275,6 +275,8 @@ def _read_update(text: str) -> tuple[UpdateKind, int]:
         if text != "fedsgd":
             raise InvalidCaseError("'upd_fedsgd' takes no step count (FedSGD is one gradient)")
         return UpdateKind.FEDSGD, 1
+    if not re.fullmatch(r"fedavg\d*", text):
+        raise InvalidCaseError(f"'upd_{text}' (valid: upd_fedsgd, upd_fedavgK)")
     steps = int(text[len("fedavg"):] or 1)
     if steps < 1:
         raise InvalidCaseError(f"'upd_{text}': FedAvg needs at least one local step (valid: upd_fedavgK, K >= 1)")

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from giacheck.attack.registry import ATTACKS
 from giacheck.data import ImageSource
 from giacheck.defences import make_defences
 from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.models import ModelEntry, get_entry
-from giacheck.specs import BNMode, Case, LabelKnowledge, StatsAccess, UpdateKind
+from giacheck.specs import AXIS, BNMode, Case, LabelKnowledge, StatsAccess, UpdateKind
 from giacheck.tasks import get_task
 
-__all__ = ["check_case", "validate"]
+__all__ = ["VALIDATORS", "CaseProblem", "check_case", "validate"]
 
 
-def validate(case: Case, *, entry: ModelEntry | None = None, source: ImageSource | None = None) -> list[str]:
-    """Return every problem with ``case`` (empty when it is valid). Unknown models raise at once.
+class CaseProblem(str):
+    """One reason a case makes no sense: its message (the string itself) and the grammar axis it concerns."""
+
+    axis: str
+
+    def __new__(cls, axis: str, message: str) -> CaseProblem:
+        problem = super().__new__(cls, message)
+        problem.axis = axis
+        return problem
+
+
+Validator = Callable[[Case, ModelEntry, "ImageSource | None"], list[str]]
+
+
+def validate(case: Case, *, entry: ModelEntry | None = None, source: ImageSource | None = None) -> list[CaseProblem]:
+    """Return every problem with ``case`` (empty when it is valid), axis by axis. Unknown models raise at once.
 
     Args:
         case: the case to check.
@@ -21,55 +38,96 @@ def validate(case: Case, *, entry: ModelEntry | None = None, source: ImageSource
         source: the image source the client draws from; batch-size checks are skipped when None.
     """
     entry = entry or get_entry(case.model.name)
-    client, threat = case.client, case.threat
-    problems = []
-    resolution_problem = entry.check_resolution(case.model.resolution)
-    if resolution_problem:
-        problems.append(resolution_problem)
-    if client.batch_size < 1:
-        problems.append(f"batch size {client.batch_size} (valid: >= 1)")
-    if source is not None and client.batch_size > len(source):
-        problems.append(f"batch size {client.batch_size} is larger than the {len(source)} images available in "
-                        f"{source.name} (valid: 1..{len(source)})")
-    if client.batch_size > entry.num_classes:
-        problems.append(f"batch size {client.batch_size} needs distinct labels, but {entry.name} has only "
-                        f"{entry.num_classes} classes (valid: 1..{entry.num_classes})")
-    if not entry.has_batchnorm:
-        if client.bn_mode is BNMode.TRAIN:
-            problems.append(f"bn_train on {entry.name}, which has no BatchNorm: the client's forward does not depend "
-                            "on the mode; use bn_eval")
-        if threat.stats in (StatsAccess.EXACT, StatsAccess.NAIVE):
-            problems.append(f"stats_{threat.stats} needs BatchNorm running statistics, but {entry.name} has no "
-                            "BatchNorm (valid: stats_none, or stats_proxy on models with normalization layers)")
-    if threat.stats is StatsAccess.PROXY and not entry.norm_kinds:
+    return [CaseProblem(axis, message) for axis, check in VALIDATORS.items()
+            for message in check(case, entry, source)]
+
+
+def _resolution(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
+    problem = entry.check_resolution(case.model.resolution)
+    return [problem] if problem else []
+
+
+def _batch_size(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
+    bs, problems = case.client.batch_size, []
+    if bs < 1:
+        problems.append(f"batch size {bs} (valid: >= 1)")
+    if source is not None and bs > len(source):
+        problems.append(f"batch size {bs} is larger than the {len(source)} images available in {source.name} "
+                        f"(valid: 1..{len(source)})")
+    if bs > entry.num_classes:
+        problems.append(f"batch size {bs} needs distinct labels, but {entry.name} has only {entry.num_classes} "
+                        f"classes (valid: 1..{entry.num_classes})")
+    return problems
+
+
+def _bn_mode(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
+    if not entry.has_batchnorm and case.client.bn_mode is BNMode.TRAIN:
+        return [f"bn_train on {entry.name}, which has no BatchNorm: the client's forward does not depend on the "
+                "mode; use bn_eval"]
+    return []
+
+
+def _stats(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
+    stats, client, problems = case.threat.stats, case.client, []
+    if not entry.has_batchnorm and stats in (StatsAccess.EXACT, StatsAccess.NAIVE):
+        problems.append(f"stats_{stats} needs BatchNorm running statistics, but {entry.name} has no BatchNorm "
+                        "(valid: stats_none, or stats_proxy on models with normalization layers)")
+    if stats is StatsAccess.PROXY and not entry.norm_kinds:
         problems.append(f"stats_proxy needs normalization layers, but {entry.name} has none (valid: stats_none)")
-    if threat.stats is StatsAccess.EXACT and entry.has_batchnorm:
+    if stats is StatsAccess.EXACT and entry.has_batchnorm:
         if client.bn_mode is not BNMode.TRAIN:
             problems.append("stats_exact with bn_eval: an eval-mode client does not update its running statistics, "
                             "so there is nothing to invert (valid: bn_train, or stats_naive/none)")
         if client.update is UpdateKind.FEDAVG and client.local_steps != 1:
             problems.append(f"stats_exact with {client.local_steps} local steps: exact statistics can only be "
                             "inverted from a single step (valid: upd_fedavg1 or FedSGD; or stats_naive/proxy)")
+    return problems
+
+
+def _update(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
+    client, problems = case.client, []
     if client.update is UpdateKind.FEDAVG and client.local_steps < 1:
         problems.append(f"upd_fedavg{client.local_steps} (valid: at least one local step)")
     if not client.local_lr > 0:
         problems.append(f"client local_lr={client.local_lr} (valid: > 0)")
-    if case.init_p is not None and not 0.0 <= case.init_p <= 1.0:
-        problems.append(f"init_p{case.init_p:g} (valid: a noise fraction in [0, 1])")
-    if threat.labels is LabelKnowledge.INFERRED and not get_task(entry.task).labels_inferable:
-        problems.append(f"lab_inferred: labels cannot be inferred for {entry.name}'s task {entry.task!r} "
-                        "(valid: lab_known)")
-    problems += _defence_problems(client.defences)
     return problems
 
 
-def _defence_problems(tokens: tuple[str, ...]) -> list[str]:
+def _init(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
+    if case.init_p is not None and not 0.0 <= case.init_p <= 1.0:
+        return [f"init_p{case.init_p:g} (valid: a noise fraction in [0, 1])"]
+    return []
+
+
+def _labels(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
+    if case.threat.labels is LabelKnowledge.INFERRED and not get_task(entry.task).labels_inferable:
+        return [f"lab_inferred: labels cannot be inferred for {entry.name}'s task {entry.task!r} (valid: lab_known)"]
+    return []
+
+
+def _defences(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
     """Each defence of the chain must be known and accept its parameter."""
     try:
-        make_defences(tokens)
+        make_defences(case.client.defences)
     except GiacheckError as exc:
         return [str(exc)]
     return []
+
+
+def _attack(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
+    try:
+        ATTACKS.get(case.attack)
+    except GiacheckError as exc:
+        return [str(exc)]
+    return []
+
+
+#: One validator per axis of the case grammar (``giacheck.specs.AXES``), run in this order.
+VALIDATORS: dict[str, Validator] = {
+    "res": _resolution, "bs": _batch_size, "bn": _bn_mode, "stats": _stats, "update": _update, "init": _init,
+    "labels": _labels, "defences": _defences, "attack": _attack,
+}
+assert set(VALIDATORS) <= set(AXIS), "a validator for an axis the grammar does not have"
 
 
 def check_case(case: Case, *, entry: ModelEntry | None = None, source: ImageSource | None = None) -> None:
