@@ -31,6 +31,7 @@ __all__ = [
     "ModelSpec",
     "Profile",
     "RunOptions",
+    "case_id",
     "Selection",
     "StatsAccess",
     "ThreatSpec",
@@ -100,7 +101,10 @@ class ClientSpec:
 
     def __post_init__(self) -> None:
         _coerce(self, bn_mode=BNMode, update=UpdateKind)
-        tokens = self.defences.split("+") if isinstance(self.defences, str) else tuple(self.defences)
+        if isinstance(self.defences, str):
+            tokens = tuple(self.defences.split("+")) if self.defences else ()
+        else:
+            tokens = tuple(self.defences)
         bad = [t for t in tokens if not isinstance(t, str) or not DEFENCE_TOKEN.match(t)]
         if bad:
             raise InvalidCaseError(f"ClientSpec.defences={list(tokens)}: cannot read {bad}; write NAME followed by "
@@ -244,6 +248,21 @@ class Case:
             init_p=v["init"],
             attack=v["attack"],
         )
+
+
+def case_id(model: str, res: int, **axes: Any) -> str:
+    """Spell a case id from axis values by key, as suites and packs write them: ``case_id("resnet18_cifar", 32,
+    bn="eval", bs=1, stats="none")``; omitted optional axes take their defaults, values are read as in ids."""
+    values: dict[str, Any] = {"model": model, "res": res}
+    for key, value in axes.items():
+        if key not in AXIS:
+            raise InvalidCaseError(f"case_id: unknown axis {key!r}; valid: {', '.join(AXIS)}")
+        axis = AXIS[key]
+        values[key] = axis.read(value if isinstance(value, str) else axis.write(value))
+    missing = [a.key for a in AXES if a.default is REQUIRED and a.key not in values]
+    if missing:
+        raise InvalidCaseError(f"case_id: give {', '.join(missing)} (every id spells them out)")
+    return Case.from_axes(values).id
 
 
 REQUIRED = object()  # an axis every id spells out (the others are omitted at their default)

@@ -237,3 +237,34 @@ def test_profiles() -> None:
 def test_unknown_profile_lists_valid_names() -> None:
     with pytest.raises(InvalidCaseError, match=r"unknown profile 'nope'; valid: .*smoke.*paper"):
         get_profile("nope")
+
+
+# ------------------------------------------------------------------------------------------ the grammar table
+def test_every_axis_round_trips_and_defaults_are_omitted() -> None:
+    from giacheck.specs import AXES, case_id
+
+    full = case_id("lenet_sigmoid", 32, bn="eval", bs=2, stats="proxy", update="fedavg3", init=0.25,
+                   labels="inferred", defences="clip1.5+identity", attack="pkg.mod:MyAttack")
+    assert full == ("lenet_sigmoid-32-bn_eval-bs2-stats_proxy-upd_fedavg3-init_p0.25-lab_inferred"
+                    "-def_clip1.5+identity-atk_pkg.mod:MyAttack")
+    case = Case.parse(full)
+    assert case.id == full and {a.key for a in AXES} == {"model", "res", "bn", "bs", "stats", "update", "init",
+                                                         "labels", "defences", "attack"}
+    assert case.client.defences == ("clip1.5", "identity") and case.attack == "pkg.mod:MyAttack"
+    plain = case_id("lenet_sigmoid", 32, bn="eval", bs=1, stats="none", update="fedsgd", labels="known",
+                    defences="", attack="gradmatch")
+    assert plain == "lenet_sigmoid-32-bn_eval-bs1-stats_none"
+
+
+def test_case_id_names_unknown_and_missing_axes() -> None:
+    from giacheck.specs import case_id
+
+    with pytest.raises(InvalidCaseError, match="unknown axis 'batch'.*valid: model, res, bn, bs"):
+        case_id("m", 32, bn="eval", batch=1, stats="none")
+    with pytest.raises(InvalidCaseError, match="give bs"):
+        case_id("m", 32, bn="eval", stats="none")
+
+
+def test_malformed_defence_token_is_refused() -> None:
+    with pytest.raises(InvalidCaseError, match="cannot read"):
+        Case.parse("m-32-bn_eval-bs1-stats_none-def_clip1.5.5")
