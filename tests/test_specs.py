@@ -259,7 +259,7 @@ def test_every_axis_round_trips_and_defaults_are_omitted() -> None:
 def test_case_id_names_unknown_and_missing_axes() -> None:
     from giacheck.specs import case_id
 
-    with pytest.raises(InvalidCaseError, match="unknown axis 'batch'.*valid: model, res, bn, bs"):
+    with pytest.raises(InvalidCaseError, match=r"unknown axis 'batch'.*valid: model, res, bn, bs"):
         case_id("m", 32, bn="eval", batch=1, stats="none")
     with pytest.raises(InvalidCaseError, match="give bs"):
         case_id("m", 32, bn="eval", stats="none")
