@@ -20,9 +20,17 @@ from giacheck.specs import AttackSpec, Selection
 __all__ = ["AttackInfo", "Manifest", "Oracle", "ProxyChoiceRecord", "Result", "Threat", "Timings"]
 
 
-def _plain(part: Any) -> dict[str, Any]:
-    """A part as a dict without its unset (None) optional fields."""
-    return {k: v for k, v in dataclasses.asdict(part).items() if v is not None}
+class _Part:
+    """A result part whose JSON form is its fields (``dataclasses.asdict``), read back field by field."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        return cls(**data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,7 +54,7 @@ class AttackInfo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Oracle:
+class Oracle(_Part):
     """The best-SSIM restart: an auditor's upper bound, labelled, never the attack's result."""
 
     restart: int
@@ -54,13 +62,6 @@ class Oracle:
     selected_restart: int
     selection: str = str(Selection.ORACLE)
     note: str = "best SSIM against the private images over restarts: an upper bound, not the attack result"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Oracle:
-        return cls(**data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,7 +75,7 @@ class ProxyChoiceRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Threat:
+class Threat(_Part):
     """What the attacker knew or inferred; optional parts are None when they do not apply."""
 
     stats: str
@@ -85,7 +86,7 @@ class Threat:
     init_ssim: float | None = None  # controlled initialization: SSIM of the start (a diagnostic)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}  # unset parts left out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Threat:
@@ -96,7 +97,7 @@ class Threat:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Timings:
+class Timings(_Part):
     """Wall-clock seconds of each stage of the case."""
 
     build_s: float
@@ -107,16 +108,9 @@ class Timings:
     metrics_s: float
     total_s: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Timings:
-        return cls(**data)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Manifest:
+class Manifest(_Part):
     """Provenance: versions, device, seed, git revision, metric definition, data and model."""
 
     versions: dict[str, str | None]
@@ -129,9 +123,6 @@ class Manifest:
     data: str
     images: tuple[str, ...]
     model: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
