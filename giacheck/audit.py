@@ -14,26 +14,32 @@ an error is never read as "the attack failed").
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from giacheck.claims import ClaimResult, Verdict
+from tqdm import tqdm
+
+from giacheck.claims import ClaimKind, ClaimResult, Verdict
 from giacheck.errors import GiacheckError
-from giacheck.jsonio import write_json_atomic
+from giacheck.jsonio import Journal
+from giacheck.outputs import check_output_folder, claim_outputs
 from giacheck.pack import Pack
+from giacheck.records import RESULTS_JSON, RESULTS_JSONL, BaselineCheck, BaselineStatus, CaseRecord, write_results
 from giacheck.specs import get_profile
 
-__all__ = ["AUDIT_MANIFEST", "AuditOutcome", "EXIT_INCONCLUSIVE", "EXIT_LEAKS", "EXIT_OK", "run_audit"]
+__all__ = ["AuditOutcome", "EXIT_INCONCLUSIVE", "EXIT_LEAKS", "EXIT_OK", "WRITER", "exit_code", "run_audit"]
 
 log = logging.getLogger("giacheck.audit")
 
-AUDIT_MANIFEST = ".giacheck-audit.json"
 EXIT_OK, EXIT_LEAKS, EXIT_INCONCLUSIVE = 0, 1, 3
+WRITER = "audit"  # how the output manifest names what this module wrote
+NOT_CHECKED = BaselineCheck(status=BaselineStatus.NOT_CHECKED, passed=True,
+                            message="baselines are not checked by an audit (the pack's tests check them)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,13 +47,13 @@ class AuditOutcome:
     """What an audit found and wrote."""
 
     exit_code: int
-    cases: tuple[dict[str, Any], ...]  # suite-format payloads (control first)
+    cases: tuple[CaseRecord, ...]  # control first
     not_applicable: tuple[tuple[str, str], ...]
     files: dict[str, Path]
 
     @property
     def leaking(self) -> list[str]:
-        return [c["case_id"] for c in self.cases if c["claim"] == "infeasible" and c["verdict"] == "fail"]
+        return [c.case_id for c in self.cases if c.claim is ClaimKind.INFEASIBLE and c.verdict is Verdict.FAIL]
 
     @property
     def verdict(self) -> str:
@@ -82,7 +88,7 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
     from giacheck.runner import resolve_device, run_case
 
     out = Path(out)
-    _check_out(out)
+    check_output_folder(out, command="giacheck audit", consequence="nothing was run or written")
     torch_device = resolve_device(device)  # an unknown device, or CUDA where there is none: before any write
     if get_profile(profile).needs_gpu and torch_device.type == "cpu":
         raise GiacheckError(f"profile {profile!r} needs a GPU (--device cuda); on a CPU use --profile smoke")
@@ -92,110 +98,68 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
     options = pack.run_options()
     artifacts = out / profile / pack.name
     out.mkdir(parents=True, exist_ok=True)
-    _write_manifest(out, profile)
-    journal = out / "results.jsonl"
-    journal.write_text("")
-    payloads: list[dict[str, Any]] = []
+    claim_outputs(out, WRITER, [RESULTS_JSON, RESULTS_JSONL, profile])  # before any compute: a rerun may replace
+    (out / RESULTS_JSONL).write_text("")  # a run that fails before its first case leaves no old cases behind
+    journal = Journal(out / RESULTS_JSONL, fresh=False)
+    records: list[CaseRecord] = []
 
     def record(result: Any, claim: ClaimResult, wall: float) -> None:
         save_result(result, artifacts)
-        payload = {"suite": pack.name, "case_id": result.case_id, "profile": profile, "claim": claim.kind,
-                   "verdict": str(claim.verdict), "message": claim.message, "wall_s": wall,
-                   "outcome": "passed" if claim.passed else "failed", "result": result.to_dict(),
-                   "baseline": {"status": "not checked (audit)"}}
-        payloads.append(payload)
-        with journal.open("a") as fh:
-            fh.write(json.dumps(payload, allow_nan=False) + "\n")
-        bar.step(f"{result.case_id}: SSIM {result.ssim_mean:.3f} {claim.verdict}")
+        case = CaseRecord.from_result(result, suite=pack.name, profile=profile, claim=claim, baseline=NOT_CHECKED,
+                                      wall_s=wall, origin="computed", outcome="passed" if claim.passed else "failed")
+        records.append(case)
+        journal.append(case.to_json())
+        bar.step(f"{case.case_id}: SSIM {case.scores.ssim_mean:.3f} {claim.verdict}")
 
-    start = time.perf_counter()
-    control_result = run_case(pack.control_id, profile=profile, device=device, options=options)
-    control = pack.control_claim(control_result.ssim_mean)
-    record(control_result, control, time.perf_counter() - start)
-    for case in plan.cases:
+    try:
         start = time.perf_counter()
-        result = run_case(case, profile=profile, device=device, options=options)
-        record(result, pack.judge(case.id, result.ssim_mean, control), time.perf_counter() - start)
-    bar.close()
-    files = {"results": write_json_atomic({"profile": profile, "cases": payloads}, out / "results.json"),
-             "journal": journal}
-    outcome = AuditOutcome(exit_code=_exit_code(payloads), cases=tuple(payloads),
+        control_result = run_case(pack.control_id, profile=profile, device=device, options=options)
+        control = pack.control_claim(control_result.ssim_mean)
+        record(control_result, control, time.perf_counter() - start)
+        for case in plan.cases:
+            start = time.perf_counter()
+            result = run_case(case, profile=profile, device=device, options=options)
+            record(result, pack.judge(case.id, result.ssim_mean, control), time.perf_counter() - start)
+    finally:
+        bar.close()
+    files = {"results": write_results(records, out / RESULTS_JSON, profile=profile), "journal": journal.path}
+    outcome = AuditOutcome(exit_code=exit_code(records), cases=tuple(records),
                            not_applicable=plan.not_applicable, files=files)
-    files.update(_report(out, profile, outcome.summary(pack)))
+    files.update(_report(out, outcome.summary(pack)))
     return outcome
 
 
-def _exit_code(payloads: list[dict[str, Any]]) -> int:
-    verdicts = {(p["claim"], p["verdict"]) for p in payloads}
-    if ("infeasible", str(Verdict.FAIL)) in verdicts:
+def exit_code(records: Iterable[CaseRecord]) -> int:
+    """1 when a configuration leaks above its rule; 3 when the control failed or a verdict is inconclusive."""
+    verdicts = {(r.claim, r.verdict) for r in records}
+    if (ClaimKind.INFEASIBLE, Verdict.FAIL) in verdicts:
         return EXIT_LEAKS
-    if ("infeasible", str(Verdict.INCONCLUSIVE)) in verdicts or ("feasible", str(Verdict.FAIL)) in verdicts:
+    if (ClaimKind.INFEASIBLE, Verdict.INCONCLUSIVE) in verdicts or (ClaimKind.FEASIBLE, Verdict.FAIL) in verdicts:
         return EXIT_INCONCLUSIVE
     return EXIT_OK
 
 
-def _owned(out: Path) -> set[str]:
-    """Top-level names a previous audit wrote into ``out`` (its results, artifacts and report)."""
-    try:
-        data = json.loads((out / AUDIT_MANIFEST).read_text())
-        return {AUDIT_MANIFEST, *map(str, data["owned"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-
-
-def _check_out(out: Path) -> None:
-    """``out`` must be new, empty, or hold nothing but a previous audit; otherwise refuse, touching nothing."""
-    if out.exists() and not out.is_dir():
-        raise GiacheckError(f"--out {out}: is a file, not a folder; nothing was run")
-    if not out.exists():
-        return
-    owned = _owned(out)
-    foreign = sorted(e.name for e in out.iterdir() if e.name not in owned)
-    if foreign:
-        shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
-        raise GiacheckError(f"--out {out}: the folder already holds files giacheck audit did not write ({shown}); "
-                            "nothing was run or written. Choose a new or empty folder.")
-
-
-def _write_manifest(out: Path, profile: str) -> None:
-    from giacheck.report import MANIFEST
-
-    owned = sorted(_owned(out) - {AUDIT_MANIFEST} | {"results.json", "results.jsonl", profile, MANIFEST,
-                                                     "report.html", "report.md"})
-    write_json_atomic({"owned": owned}, out / AUDIT_MANIFEST)
-
-
-def _report(out: Path, profile: str, summary: list[str]) -> dict[str, Path]:
+def _report(out: Path, summary: list[str]) -> dict[str, Path]:
     from giacheck.report import load_results, write_report
 
-    keep = {AUDIT_MANIFEST, "results.json", "results.jsonl", profile}
-    written = write_report(load_results([out / "results.json"]), out, keep=keep, summary=summary)
-    names = {p.name for p in written.values()}
-    data = json.loads((out / AUDIT_MANIFEST).read_text())
-    write_json_atomic({"owned": sorted(set(data["owned"]) | names)}, out / AUDIT_MANIFEST)
-    return written
+    return write_report(load_results([out / RESULTS_JSON]), out, summary=summary)
 
 
 class _Progress:
-    """A one-line progress bar on a terminal; one log line per case otherwise (CI logs)."""
+    """A tqdm progress bar when ``enabled`` (a terminal); one log line per case otherwise (CI logs)."""
 
     def __init__(self, total: int, stream: TextIO, *, enabled: bool) -> None:
-        self.total, self.done, self.stream, self.enabled = total, 0, stream, enabled
-        self.started = time.perf_counter()
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.bar = tqdm(total=total, file=stream, unit="case", disable=not enabled, ncols=120, mininterval=0,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}")
 
     def step(self, message: str) -> None:
         self.done += 1
-        if not self.enabled:
+        if self.enabled:
+            self.bar.set_postfix_str(message[:60], refresh=False)
+            self.bar.update(1)
+        else:
             log.info("[%d/%d] %s", self.done, self.total, message)
-            return
-        width = 24
-        filled = round(width * self.done / self.total)
-        elapsed = time.perf_counter() - self.started
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                          f"{elapsed:6.0f}s  {message[:70]:70}")
-        self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.bar.close()

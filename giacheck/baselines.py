@@ -1,35 +1,27 @@
 """Recorded baselines: ``baselines/<profile>/<suite>/<case-id>.json`` (DESIGN §6). No torch import.
 
 Only the xdist controller writes, atomically (temp file + rename), from numbers carried in test reports.
-A corrupt file is reported with its path and left untouched — never overwritten, not even by an update.
+A corrupt file is reported with its path and left untouched — never overwritten, not even by an update. A
+baseline recorded under another attack identity (attack, budget, profile: :data:`giacheck.records.IDENTITY_FIELDS`)
+is *stale*: it fails naming each changed field, and is rewritten only under an update flag.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from giacheck import claims
 from giacheck.errors import BaselineError
-from giacheck.jsonio import write_json_atomic
+from giacheck.jsonio import round_floats, write_json_atomic
+from giacheck.records import BaselineCheck, BaselineStatus, IdentityChange, attack_identity, identity_changes
 
-__all__ = ["BaselineStore", "round_floats", "BASELINE_KEYS"]
+__all__ = ["BASELINE_KEYS", "BaselineStore", "check_baseline", "round_floats"]
 
-BASELINE_KEYS = ("case_id", "ssim", "psnr", "secondary", "objective", "grad_distance", "iterations", "restarts",
-                 "seed", "selection", "oracle", "attack", "threat", "manifest", "timings")
-
-
-def round_floats(value: Any, digits: int = 6) -> Any:
-    """Round every float (recursively) so that files diff cleanly; non-finite floats become None."""
-    if isinstance(value, float):
-        return round(value, digits) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: round_floats(v, digits) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [round_floats(v, digits) for v in value]
-    return value
+BASELINE_KEYS = ("case_id", "profile", "ssim", "psnr", "secondary", "objective", "grad_distance", "iterations",
+                 "restarts", "seed", "selection", "oracle", "attack", "threat", "manifest", "timings")
 
 
 class BaselineStore:
@@ -50,7 +42,7 @@ class BaselineStore:
         try:
             data = json.loads(path.read_text())
             recorded = data["ssim"]["mean"]
-            if not isinstance(recorded, int | float):
+            if not isinstance(recorded, int | float) or isinstance(recorded, bool):
                 raise TypeError(f"ssim.mean is {type(recorded).__name__}")
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise BaselineError(
@@ -58,6 +50,14 @@ class BaselineStore:
                 "delete it, then record it again with --giacheck-update"
             ) from None
         return data
+
+    def identity(self, recorded: Mapping[str, Any]) -> dict[str, Any]:
+        """The attack identity a baseline was recorded under; its profile is the store's when the file has none
+        (the folder ``<profile>/`` names it)."""
+        identity = attack_identity(recorded)
+        if identity.get("profile") is None:
+            identity["profile"] = self.profile
+        return identity
 
     def write(self, suite: str, case_id: str, result: dict[str, Any]) -> Path:
         """Write the baseline for ``case_id`` atomically; refuses to replace a corrupt file."""
@@ -75,3 +75,60 @@ class BaselineStore:
             return []
         known = set(known_case_ids)
         return sorted(p for p in folder.glob("*.json") if p.stem not in known)
+
+
+def check_baseline(store: BaselineStore, suite: str, result: Mapping[str, Any], *, tolerance: float,
+                   positive: bool, update: bool = False, accept_update: bool = False) -> BaselineCheck:
+    """Compare ``result`` (``Result.to_dict()``) with its recorded baseline; nothing is written here.
+
+    Args:
+        tolerance: SSIM tolerance of the one-sided check (two-sided for a positive control, ``positive``).
+        update: the baseline is being rewritten (``--giacheck-update[-all]``): no comparison; the check fails
+            unless ``accept_update`` (``--giacheck-update-all``).
+
+    Returns:
+        ``corrupt`` (file left untouched, even under an update), ``updated``, ``missing``, ``stale`` (recorded
+        under another attack identity; each changed field named), or ``pass``/``fail`` of
+        :func:`giacheck.claims.baseline_check`.
+
+    Raises:
+        InvalidToleranceError: ``tolerance`` is NaN, infinite or negative (it would disable every check).
+    """
+    tolerance = claims.check_tolerance(tolerance)
+    case_id = str(result["case_id"])
+    path = store.path(suite, case_id)
+    try:
+        recorded = store.load(suite, case_id)
+    except BaselineError as exc:
+        return BaselineCheck(status=BaselineStatus.CORRUPT, passed=False, message=str(exc), path=str(path))
+    value = float(recorded["ssim"]["mean"]) if recorded is not None else None
+    changed = identity_changes(store.identity(recorded), attack_identity(result)) if recorded is not None else ()
+    if update:
+        was = f" (it was recorded under {_under(changed, 'recorded')})" if changed else ""
+        flag = "--giacheck-update-all" if accept_update else "--giacheck-update"
+        return BaselineCheck(status=BaselineStatus.UPDATED, passed=accept_update, path=str(path), recorded=value,
+                             changed=changed, message=f"{case_id}: baseline rewritten at {path} ({flag}){was}; "
+                                                  "review the diff and rerun without the flag")
+    if recorded is None:
+        return BaselineCheck(status=BaselineStatus.MISSING, passed=False, path=str(path),
+                             message=f"{case_id}: no baseline recorded at {path}; record it with --giacheck-update "
+                                     "(or --giacheck-update-all) and commit the file")
+    if changed:
+        return BaselineCheck(status=BaselineStatus.STALE, passed=False, path=str(path), recorded=value, changed=changed,
+                             message=f"stale baseline {path}: " + "; ".join(
+                                 f"recorded under {_under((c,), 'recorded')}, this run {_under((c,), 'current')}"
+                                 for c in changed) + "; rerun with --giacheck-update to re-record (the file was "
+                                 "left untouched; its SSIM was not compared)")
+    check = claims.baseline_check(case_id, float(result["ssim"]["mean"]), recorded=value, tolerance=tolerance,
+                                  positive=positive)
+    return BaselineCheck(status=BaselineStatus.PASS if check.passed else BaselineStatus.FAIL, passed=check.passed,
+                         message=check.message, path=str(path), recorded=value)
+
+
+def _under(changes: Iterable[IdentityChange], side: str) -> str:
+    """``iterations=400, lr=0.1`` for one side (``recorded`` or ``current``) of identity changes."""
+    return ", ".join(f"{c.field}={_shown(getattr(c, side))}" for c in changes)
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is None else str(value)

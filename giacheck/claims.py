@@ -12,11 +12,14 @@ Messages read like a report: measured, threshold, recorded, tolerance, case id.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Verdict", "ClaimResult", "feasible", "infeasible", "ordering", "baseline_check", "regression",
-           "shown_verdict"]
+from giacheck.errors import GiacheckError
+
+__all__ = ["ClaimKind", "ClaimResult", "InvalidToleranceError", "Verdict", "baseline_check", "check_tolerance",
+           "feasible", "infeasible", "ordering", "regression", "shown_verdict"]
 
 
 class Verdict(StrEnum):
@@ -25,16 +28,47 @@ class Verdict(StrEnum):
     INCONCLUSIVE = "inconclusive"
 
 
+class ClaimKind(StrEnum):
+    """What a test asserts about a case (DESIGN §6)."""
+
+    FEASIBLE = "feasible"
+    INFEASIBLE = "infeasible"
+    ORDERING = "ordering"
+    BASELINE = "baseline"
+    REGRESSION = "regression"  # a pipeline regression: no verdict at this budget, baseline only
+
+
+class InvalidToleranceError(GiacheckError, ValueError):
+    """A baseline tolerance that is not a finite number >= 0 (NaN would silently pass every check)."""
+
+
+def check_tolerance(tolerance: object) -> float:
+    """``tolerance`` as a float; raise :class:`InvalidToleranceError` unless it is a finite number >= 0."""
+    try:
+        value = float(tolerance)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(tolerance, bool) or not math.isfinite(value) or value < 0:
+        raise InvalidToleranceError(
+            f"baseline tolerance {tolerance!r}: give a finite number >= 0 in SSIM units (default 0.05); NaN or "
+            "inf would let every baseline check pass, a negative one would fail every check")
+    return value
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClaimResult:
     """The outcome of one claim; ``passed`` only for :attr:`Verdict.PASS`."""
 
-    kind: str
+    kind: ClaimKind
     case_id: str
     verdict: Verdict
     measured: float
     threshold: float | None
     message: str
+
+    def __post_init__(self) -> None:  # plain strings from a plug-in become the enums (an unknown one raises)
+        object.__setattr__(self, "kind", ClaimKind(self.kind))
+        object.__setattr__(self, "verdict", Verdict(self.verdict))
 
     @property
     def passed(self) -> bool:
@@ -45,7 +79,7 @@ def feasible(case_id: str, ssim: float, *, min_ssim: float) -> ClaimResult:
     """A positive control: the attack reconstructs (SSIM ≥ ``min_ssim``)."""
     ok = ssim >= min_ssim
     return ClaimResult(
-        kind="feasible", case_id=case_id, verdict=Verdict.PASS if ok else Verdict.FAIL, measured=ssim,
+        kind=ClaimKind.FEASIBLE, case_id=case_id, verdict=Verdict.PASS if ok else Verdict.FAIL, measured=ssim,
         threshold=min_ssim,
         message=f"{case_id}: feasible claim {'holds' if ok else 'FAILS'} — measured SSIM {ssim:.3f} "
                 f"{'≥' if ok else '<'} threshold {min_ssim:.3f}",
@@ -54,18 +88,19 @@ def feasible(case_id: str, ssim: float, *, min_ssim: float) -> ClaimResult:
 
 def infeasible(case_id: str, ssim: float, *, max_ssim: float, control: ClaimResult) -> ClaimResult:
     """The attack fails (SSIM ≤ ``max_ssim``) — conclusive only if ``control`` (a feasible claim) passed."""
-    if control.kind != "feasible":
-        raise ValueError(f"the control of an infeasible claim must be a feasible claim, got {control.kind!r}")
+    if control.kind != ClaimKind.FEASIBLE:
+        raise ValueError(f"the control of an infeasible claim must be a feasible claim, got {str(control.kind)!r}")
     if not control.passed:
         return ClaimResult(
-            kind="infeasible", case_id=case_id, verdict=Verdict.INCONCLUSIVE, measured=ssim, threshold=max_ssim,
+            kind=ClaimKind.INFEASIBLE, case_id=case_id, verdict=Verdict.INCONCLUSIVE, measured=ssim,
+            threshold=max_ssim,
             message=f"{case_id}: INCONCLUSIVE — measured SSIM {ssim:.3f}, but the paired positive control "
                     f"{control.case_id} reached only {control.measured:.3f} < {control.threshold:.3f} under the "
                     "same budget: an attack that reconstructs nothing proves nothing",
         )
     ok = ssim <= max_ssim
     return ClaimResult(
-        kind="infeasible", case_id=case_id, verdict=Verdict.PASS if ok else Verdict.FAIL, measured=ssim,
+        kind=ClaimKind.INFEASIBLE, case_id=case_id, verdict=Verdict.PASS if ok else Verdict.FAIL, measured=ssim,
         threshold=max_ssim,
         message=f"{case_id}: infeasible claim {'holds' if ok else 'FAILS'} — measured SSIM {ssim:.3f} "
                 f"{'≤' if ok else '>'} threshold {max_ssim:.3f} (control {control.case_id}: {control.measured:.3f})",
@@ -80,14 +115,14 @@ def ordering(high_id: str, high: float, low_id: str, low: float, *, margin: floa
     """
     if high < min_high:
         return ClaimResult(
-            kind="ordering", case_id=f"{high_id} > {low_id}", verdict=Verdict.INCONCLUSIVE, measured=high - low,
-            threshold=margin,
+            kind=ClaimKind.ORDERING, case_id=f"{high_id} > {low_id}", verdict=Verdict.INCONCLUSIVE,
+            measured=high - low, threshold=margin,
             message=f"ordering {high_id} ({high:.3f}) > {low_id} ({low:.3f}): INCONCLUSIVE — the higher side "
                     f"reconstructs nothing (SSIM {high:.3f} < {min_high:.3f}); comparing two failures compares noise",
         )
     ok = high >= low + margin
     return ClaimResult(
-        kind="ordering", case_id=f"{high_id} > {low_id}", verdict=Verdict.PASS if ok else Verdict.FAIL,
+        kind=ClaimKind.ORDERING, case_id=f"{high_id} > {low_id}", verdict=Verdict.PASS if ok else Verdict.FAIL,
         measured=high - low, threshold=margin,
         message=f"ordering {high_id} ({high:.3f}) > {low_id} ({low:.3f}) by ≥ {margin:.3f}: "
                 f"{'holds' if ok else 'FAILS'} (difference {high - low:+.3f})",
@@ -95,15 +130,24 @@ def ordering(high_id: str, high: float, low_id: str, low: float, *, margin: floa
 
 
 def baseline_check(case_id: str, ssim: float, *, recorded: float, tolerance: float, positive: bool) -> ClaimResult:
-    """Compare with the recorded SSIM: leakage may not rise; a positive control may not weaken either."""
-    if ssim > recorded + tolerance:
+    """Compare with the recorded SSIM: leakage may not rise; a positive control may not weaken either.
+
+    A measured SSIM that is not finite fails (NaN compares false with everything, so it would pass).
+
+    Raises:
+        InvalidToleranceError: ``tolerance`` is not a finite number >= 0.
+    """
+    tolerance = check_tolerance(tolerance)
+    if not math.isfinite(ssim):
+        verdict, what = Verdict.FAIL, "the measured SSIM is not a number (the attack or the metric broke)"
+    elif ssim > recorded + tolerance:
         verdict, what = Verdict.FAIL, "LEAKAGE ROSE above the recorded baseline"
     elif positive and ssim < recorded - tolerance:
         verdict, what = Verdict.FAIL, "the positive control GOT WEAKER than recorded (the attack regressed)"
     else:
         verdict, what = Verdict.PASS, "within the recorded baseline"
     return ClaimResult(
-        kind="baseline", case_id=case_id, verdict=verdict, measured=ssim, threshold=recorded,
+        kind=ClaimKind.BASELINE, case_id=case_id, verdict=verdict, measured=ssim, threshold=recorded,
         message=f"{case_id}: {what} — measured SSIM {ssim:.3f}, recorded {recorded:.3f}, tolerance {tolerance:.3f}"
                 f"{' (two-sided: positive control)' if positive else ' (one-sided)'}",
     )
@@ -111,7 +155,8 @@ def baseline_check(case_id: str, ssim: float, *, recorded: float, tolerance: flo
 
 def regression(case_id: str, ssim: float) -> ClaimResult:
     """A pipeline regression: no feasibility verdict at this budget; only the baseline check applies."""
-    return ClaimResult(kind="regression", case_id=case_id, verdict=Verdict.PASS, measured=ssim, threshold=None,
+    return ClaimResult(kind=ClaimKind.REGRESSION, case_id=case_id, verdict=Verdict.PASS, measured=ssim,
+                       threshold=None,
                        message=f"{case_id}: pipeline regression only (no verdict at this budget), SSIM {ssim:.3f}")
 
 

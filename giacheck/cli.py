@@ -78,11 +78,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def _pack_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that define a pack, shared by ``audit`` and ``init-pack``."""
-    parser.add_argument("--model", required=True, help="registered name or package.module:function returning a "
-                                                        "giacheck.models.ModelEntry")
+    parser.add_argument("--model", required=True,
+                        help="registered name, or package.module:function returning a giacheck.models.ModelEntry or "
+                             "a plain torch.nn.Module (called with input_size/resolution and num_classes where its "
+                             "signature names them; then --input-size and --num-classes are required)")
     parser.add_argument("--name", help="pack name (baselines folder, case ids; default: from the model)")
-    parser.add_argument("--input-size", type=int, help="input resolution (default: the entry's)")
-    parser.add_argument("--num-classes", type=int, help="number of classes (default: the entry's)")
+    parser.add_argument("--input-size", type=int,
+                        help="input resolution (default: the entry's; required for a plain nn.Module)")
+    parser.add_argument("--num-classes", type=int,
+                        help="number of classes (default: the entry's; required for a plain nn.Module)")
+    parser.add_argument("--mean", metavar="R,G,B", help="per-channel mean the model's inputs are normalized with, "
+                                                        "three comma-separated numbers (default: the entry's; "
+                                                        "ImageNet's 0.485,0.456,0.406 for a plain nn.Module)")
+    parser.add_argument("--std", metavar="R,G,B", help="per-channel standard deviation, three comma-separated "
+                                                       "numbers (default: the entry's; ImageNet's 0.229,0.224,0.225 "
+                                                       "for a plain nn.Module)")
     parser.add_argument("--batch-sizes", default="1", help="comma-separated client batch sizes (default: 1)")
     parser.add_argument("--bn", default="train", help="client BatchNorm modes: train,eval (default: train)")
     parser.add_argument("--stats", default="none", help="BN-statistics access: none,naive,exact,proxy (default: none)")
@@ -117,10 +127,22 @@ def _pack_from(args: argparse.Namespace):
         if not sep or max_ssim is None:
             raise GiacheckError(f"--rule {text!r}: write WHERE:MAX_SSIM, e.g. 'bs>=8:0.1'")
         rules.append(Rule(f"{where} stays at or below SSIM {limit}", max_ssim=max_ssim, where=where))
+    channels: dict[str, tuple[float, ...]] = {}
+    for flag in ("mean", "std"):
+        text = getattr(args, flag)
+        if text is None:
+            continue
+        try:
+            channels[flag] = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            channels[flag] = ()
+        if len(channels[flag]) != 3:
+            raise GiacheckError(f"--{flag} {text!r}: give three comma-separated numbers (R,G,B), e.g. "
+                                f"{'0.485,0.456,0.406' if flag == 'mean' else '0.229,0.224,0.225'}")
     grid = Grid(batch_sizes=_batch_sizes(args.batch_sizes), bn=args.bn, stats=args.stats, updates=args.updates)
     return Pack(name=args.name or _pack_name(args.model), model=args.model, grid=grid, rules=tuple(rules),
-                input_size=args.input_size, num_classes=args.num_classes, control=args.control, data=args.data,
-                seed=args.seed)
+                input_size=args.input_size, num_classes=args.num_classes, mean=channels.get("mean"),
+                std=channels.get("std"), control=args.control, data=args.data, seed=args.seed)
 
 
 def _pack_name(model: str) -> str:
@@ -137,9 +159,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     outcome = run_audit(_pack_from(args), profile=args.profile, device=args.device, out=args.out,
                         progress=args.progress)
-    for payload in outcome.cases:
-        print(f"{payload['verdict']:>12}  {payload['case_id']:48} SSIM {payload['result']['ssim']['mean']:.3f}  "
-              f"({payload['claim']})")
+    for record in outcome.cases:
+        print(f"{record.verdict or '?':>12}  {record.case_id:48} SSIM {record.scores.ssim_mean:.3f}  "
+              f"({record.claim or 'no claim'})")
     for case_id, why in outcome.not_applicable:
         print(f"{'n/a':>12}  {case_id:48} {why}")
     print(f"report: {outcome.files['html']}")

@@ -12,12 +12,23 @@ from typing import Any
 
 from giacheck.errors import GiacheckError
 
-__all__ = ["Journal", "finite", "read_json", "write_bytes_atomic", "write_json_atomic"]
+__all__ = ["Journal", "finite", "parse_json", "read_json", "round_floats", "write_bytes_atomic", "write_json_atomic"]
 
 
 def finite(value: float | None) -> float | None:
     """``value``, or None when it is None or not finite (JSON has no inf or NaN: identical images -> null)."""
     return value if value is not None and math.isfinite(value) else None
+
+
+def round_floats(value: Any, digits: int = 6) -> Any:
+    """Round every float (recursively) so that files diff cleanly; non-finite floats become None."""
+    if isinstance(value, float):
+        return round(value, digits) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: round_floats(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [round_floats(v, digits) for v in value]
+    return value
 
 
 def write_bytes_atomic(data: bytes, path: Path) -> Path:

@@ -7,8 +7,8 @@ PARTIAL = 0.3  # "partially feasible" (Figure 1, Swin-T): structure recovered, n
 
 
 def pipeline_budget(profile: str):
-    """Budget of a *pipeline regression* (numbers checked against baselines, no verdict): small in smoke,
-    where canonical resolutions cannot be concluded on a CPU (DESIGN §9), the profile's own in paper."""
-    from giacheck.specs import AttackSpec
+    """Run options of a *pipeline regression* (numbers checked against baselines, no verdict): a small budget in
+    smoke, where canonical resolutions cannot be concluded on a CPU (DESIGN §9), the profile's own in paper."""
+    from giacheck.specs import AttackSpec, RunOptions
 
-    return {"attack": AttackSpec(iterations=8, restarts=1, tv_weight=3e-2)} if profile == "smoke" else {}
+    return RunOptions(budget=AttackSpec(iterations=8, restarts=1, tv_weight=3e-2) if profile == "smoke" else None)

@@ -19,7 +19,7 @@ NEGATIVE = ["vit_b16-224-bn_eval-bs1-stats_none", "maxvit_t-224-bn_eval-bs1-stat
 
 @pytest.mark.parametrize("case", [SWIN, *NEGATIVE])
 def test_canonical_pipeline_regression(gia, case: str) -> None:
-    gia.regression(case, **pipeline_budget(gia.profile))
+    gia.regression(case, options=pipeline_budget(gia.profile))
 
 
 @pytest.mark.gpu

@@ -18,11 +18,13 @@ from __future__ import annotations
 import pytest
 from _claims import CONTROL_32, FEASIBLE, INFEASIBLE
 
+from giacheck.specs import case_id
+
 POST, PRE = "resnet18_cifar", "resnet18_preact_cifar"
 
 
 def _case(model: str, stats: str) -> str:
-    return f"{model}-32-bn_train-bs1-stats_{stats}"
+    return case_id(model, 32, bn="train", bs=1, stats=stats)
 
 
 @pytest.mark.parametrize("stats", ["exact", "naive", "proxy"])
@@ -31,17 +33,16 @@ def test_post_act_training_mode_infeasible_whatever_the_statistics(gia, stats: s
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "inconclusive in smoke: every training-mode bs1 case stays below SSIM 0.3 (exact/naive: post-act 0.040/0.035, "
-    "pre-act 0.011/0.041; on an AMD EPYC post-act 0.055/0.002, pre-act 0.022/-0.016), so the ordering compares two "
-    "failures; the paper's own pair is 0.054 vs 0.030 (§5.1)"))
+    "inconclusive in smoke: every training-mode bs1 case stays below SSIM 0.3, so the ordering compares two "
+    "failures (numbers: README, smoke table); the paper's own pair is 0.054 vs 0.030 (§5.1)"))
 @pytest.mark.parametrize("model", [POST, PRE])
 def test_exact_statistics_at_least_naive(gia, model: str) -> None:
     gia.ordering(_case(model, "exact"), _case(model, "naive"), margin=0.0, min_high=INFEASIBLE)
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "inconclusive in smoke: pre-act exact SSIM 0.011 vs post-act exact 0.040 (AMD EPYC: 0.022 vs 0.055), all "
-    "below 0.3"))
+    "inconclusive in smoke: pre-act and post-act exact-statistics cases both stay below SSIM 0.3 (README, smoke "
+    "table)"))
 def test_pre_act_at_least_post_act_with_exact_statistics(gia) -> None:
     gia.ordering(_case(PRE, "exact"), _case(POST, "exact"), margin=0.0, min_high=INFEASIBLE)
 

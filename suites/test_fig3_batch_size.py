@@ -9,10 +9,12 @@ from __future__ import annotations
 import pytest
 from _claims import INFEASIBLE, pipeline_budget
 
+from giacheck.specs import case_id
+
 
 @pytest.mark.parametrize("bs", [1, 2])
 def test_canonical_batch_size_pipeline_regression(gia, bs: int) -> None:
-    gia.regression(f"swin_t-224-bn_eval-bs{bs}-stats_none", **pipeline_budget(gia.profile))
+    gia.regression(case_id("swin_t", 224, bn="eval", bs=bs, stats="none"), options=pipeline_budget(gia.profile))
 
 
 @pytest.mark.gpu
@@ -25,9 +27,8 @@ def test_canonical_bs1_leaks_more_than_bs2(gia) -> None:
 def test_analogue_32px_bs1_leaks_more_than_bs2(gia) -> None:
     """Analogue at 32×32 (adapted Swin-T), not the paper's setting: bs1 leaks more than bs2 ("more": margin 0).
 
-    Measured differences: +0.096 (0.524 vs 0.428) on the machine that first recorded the baselines and +0.047
-    (0.525 vs 0.477) on an AMD EPYC — float reductions differ between CPU models and the signed-gradient attack
-    amplifies them by up to 0.05 SSIM, so a margin of that size would test the CPU, not the claim.
+    Float reductions differ between CPU models and the signed-gradient attack amplifies them by up to 0.05 SSIM,
+    so a margin of that size would test the CPU, not the claim.
     """
     gia.ordering("swin_t_cifar-32-bn_eval-bs1-stats_none", "swin_t_cifar-32-bn_eval-bs2-stats_none", margin=0.0,
                  min_high=INFEASIBLE)

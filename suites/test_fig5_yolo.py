@@ -22,7 +22,7 @@ BASICBLOCK = "yolov8n_basicblock-256-bn_eval-bs1-stats_none"
 
 @pytest.mark.parametrize("case", [UNMODIFIED, PREACT_TRAIN, BASICBLOCK])
 def test_yolo_pipeline_regression(gia, case: str) -> None:
-    gia.regression(case, **pipeline_budget(gia.profile))
+    gia.regression(case, options=pipeline_budget(gia.profile))
 
 
 @pytest.mark.gpu

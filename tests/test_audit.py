@@ -18,12 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-from giacheck.audit import AUDIT_MANIFEST, EXIT_INCONCLUSIVE, _Progress, run_audit
+from giacheck import claims
+from giacheck.audit import EXIT_INCONCLUSIVE, EXIT_LEAKS, EXIT_OK, NOT_CHECKED, _Progress, exit_code, run_audit
 from giacheck.cli import main
 from giacheck.errors import GiacheckError
 from giacheck.models import registry
+from giacheck.outputs import MANIFEST
 from giacheck.pack import Grid, Pack, Rule
-from giacheck.report import MANIFEST
+from giacheck.records import BaselineStatus, CaseRecord
 from giacheck.specs import AttackSpec
 
 # A vendor's CNN, not in the registry. Smoke budget at 16 px: bn_train bs1 SSIM -0.181, bn_eval bs1 0.105;
@@ -177,12 +179,15 @@ def test_audit_end_to_end_then_rerun_that_leaks(tmp_path: Path, capsys: pytest.C
     assert lines[-2] == f"report: {out / 'report.html'}"
     assert lines[-1] == "audit: no configuration leaks above its threshold (exit 0)"
     # --progress draws the bar even into a pipe (standard error is not a terminal here)
-    assert captured.err.startswith("\r[") and "] 1/2 " in captured.err and "] 2/2 " in captured.err
+    assert captured.err.startswith("\r") and "| 1/2 [" in captured.err and "| 2/2 [" in captured.err
     assert captured.err.endswith("\n")
 
     # results.json in the suites' format (control first), the journal holds the same, PNGs beside them
-    assert sorted(p.name for p in out.iterdir()) == sorted([AUDIT_MANIFEST, MANIFEST, "report.html", "report.md",
-                                                            "results.json", "results.jsonl", "smoke"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "report.html", "report.md", "results.json",
+                                                            "results.jsonl", "smoke"])
+    assert json.loads((out / MANIFEST).read_text()) == {"written": {
+        "report.html": "report", "report.md": "report", "results.json": "audit", "results.jsonl": "audit",
+        "smoke": "audit"}}, "one manifest lists what the audit and its report wrote"
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"profile", "cases"} and results["profile"] == "smoke"
     cases = results["cases"]
@@ -191,6 +196,8 @@ def test_audit_end_to_end_then_rerun_that_leaks(tmp_path: Path, capsys: pytest.C
         ("tiny_cnn", "feasible", "pass", "passed"), ("tiny_cnn", "infeasible", "pass", "passed")]
     assert cases[0]["result"]["ssim"]["mean"] >= 0.6 > 0.3 >= cases[1]["result"]["ssim"]["mean"]
     assert cases[1]["message"].startswith("rule 'no configuration exceeds SSIM 0.3': ")
+    assert all(c["schema"] == 1 and c["baseline"]["status"] == "not checked" for c in cases)
+    assert [CaseRecord.from_json(c).claim for c in cases] == [claims.ClaimKind.FEASIBLE, claims.ClaimKind.INFEASIBLE]
     journal = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert journal == cases
     pngs = {}
@@ -257,15 +264,17 @@ def test_audit_api_inconclusive_when_the_control_does_not_reconstruct(tmp_path: 
     outcome = run_audit(pack, profile="smoke", device="cpu", out=tmp_path / "out", progress=True, stream=stream)
     assert outcome.exit_code == EXIT_INCONCLUSIVE and outcome.leaking == []
     exact = "tiny_cnn-16-bn_train-bs1-stats_exact"
-    assert [(c["case_id"], c["claim"], c["verdict"]) for c in outcome.cases] == [
+    assert [(c.case_id, c.claim, c.verdict) for c in outcome.cases] == [
         (CONTROL, "feasible", "fail"), (TRAIN, "infeasible", "inconclusive"), (exact, "infeasible", "inconclusive"),
         (EVAL, "infeasible", "inconclusive")]
     assert [case_id for case_id, _ in outcome.not_applicable] == ["tiny_cnn-16-bn_eval-bs1-stats_exact"]
-    assert all(c["result"]["iterations"] == 2 for c in outcome.cases), "the control runs under the same budget"
+    assert all(c.result["iterations"] == 2 for c in outcome.cases), "the control runs under the same budget"
+    assert all(c.identity["iterations"] == 2 and c.identity["attack"] == "gradmatch" for c in outcome.cases)
+    assert all(c.baseline is not None and c.baseline.status is BaselineStatus.NOT_CHECKED for c in outcome.cases)
     assert set(outcome.files) >= {"results", "journal", "html", "md"}
     assert all(path.is_file() for path in outcome.files.values())
     bar = stream.getvalue()
-    assert [f"] {i}/4 " in bar for i in range(1, 5)] == [True] * 4 and bar.endswith("\n")
+    assert [f"| {i}/4 [" in bar for i in range(1, 5)] == [True] * 4 and bar.endswith("\n")
     assert _Report((tmp_path / "out" / "report.html").read_text()).verdicts[TRAIN] == "inconclusive"
 
 
@@ -276,7 +285,8 @@ def test_progress_bar_and_log_lines(caplog: pytest.LogCaptureFixture) -> None:
         bar.step(f"case {i}: SSIM 0.100 pass")
     bar.close()
     text = stream.getvalue()
-    assert text.count("\r[") == 7 and "] 7/7 " in text and f"[{'#' * 24}]" in text and text.endswith("\n")
+    assert [f"| {i}/7 [" in text for i in range(1, 8)] == [True] * 7 and "100%|" in text and text.endswith("\n")
+    assert "case 6: SSIM 0.100 pass" in text
     caplog.set_level(logging.INFO, logger="giacheck.audit")
     quiet = io.StringIO()
     bar = _Progress(2, quiet, enabled=False)
@@ -284,6 +294,23 @@ def test_progress_bar_and_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     bar.step("b")
     bar.close()
     assert quiet.getvalue() == "" and caplog.messages == ["[1/2] a", "[2/2] b"]
+
+
+def _judged(claim: claims.ClaimResult) -> CaseRecord:
+    result = {"case_id": claim.case_id, "profile": "smoke", "ssim": {"per_image": [0.5], "mean": 0.5, "max": 0.5}}
+    return CaseRecord.from_result(result, suite="p", profile="smoke", claim=claim, baseline=NOT_CHECKED, wall_s=1.0,
+                                  origin="computed")
+
+
+def test_exit_code_from_records() -> None:
+    good, weak = claims.feasible(CONTROL, 0.9, min_ssim=0.6), claims.feasible(CONTROL, 0.1, min_ssim=0.6)
+    holds = claims.infeasible(TRAIN, 0.1, max_ssim=0.3, control=good)
+    leaks = claims.infeasible(EVAL, 0.5, max_ssim=0.3, control=good)
+    unsure = claims.infeasible(TRAIN, 0.1, max_ssim=0.3, control=weak)
+    assert exit_code([_judged(good), _judged(holds)]) == EXIT_OK == 0
+    assert exit_code([_judged(good), _judged(holds), _judged(leaks)]) == EXIT_LEAKS == 1
+    assert exit_code([_judged(weak), _judged(unsure)]) == EXIT_INCONCLUSIVE == 3
+    assert exit_code([_judged(weak), _judged(claims.regression(TRAIN, 0.5))]) == EXIT_INCONCLUSIVE
 
 
 # ------------------------------------------------------------------------------------------------ the output folder
@@ -365,7 +392,7 @@ def test_audit_bad_device_or_control_exits_2_before_compute(extra: list[str], tm
 
 
 @pytest.mark.parametrize(("rule", "expected"), [("bn>train:0.1", "bn takes = or !="),
-                                                ("size>=8:0.1", "KEY one of bs, bn"),
+                                                ("size>=8:0.1", "cannot read condition 'size>=8'"),
                                                 ("bs>=8:2", "max_ssim=2.0")])
 def test_audit_bad_rule_keeps_the_precise_message(rule: str, expected: str, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str], no_compute: list[str]) -> None:

@@ -49,3 +49,25 @@ def test_baseline_check(ssim: float, positive: bool, passed: bool) -> None:
 ])
 def test_shown_verdict(claim: str | None, verdict: str | None, outcome: str | None, shown: str) -> None:
     assert claims.shown_verdict(claim, verdict, outcome) == shown
+
+
+def test_claim_kinds_are_an_enum() -> None:
+    assert claims.feasible("c", 0.7, min_ssim=0.6).kind is claims.ClaimKind.FEASIBLE
+    assert claims.regression("c", 0.7).kind == "regression"  # a StrEnum: compares with its value
+    plugin_made = claims.ClaimResult(kind="infeasible", case_id="c", verdict="pass", measured=0.1, threshold=0.3,
+                                     message="m")
+    assert plugin_made.kind is claims.ClaimKind.INFEASIBLE and plugin_made.verdict is Verdict.PASS
+    with pytest.raises(ValueError, match="'guess' is not a valid ClaimKind"):
+        claims.ClaimResult(kind="guess", case_id="c", verdict="pass", measured=0.1, threshold=None, message="m")
+
+
+@pytest.mark.parametrize("tolerance", [float("nan"), float("inf"), -0.05, "nan", None, True])
+def test_baseline_check_refuses_a_tolerance_that_disables_it(tolerance: object) -> None:
+    with pytest.raises(claims.InvalidToleranceError, match="give a finite number >= 0"):
+        claims.baseline_check("case", 0.9, recorded=0.1, tolerance=tolerance, positive=False)  # type: ignore[arg-type]
+    assert claims.check_tolerance("0.05") == 0.05 and claims.check_tolerance(0) == 0.0
+
+
+def test_baseline_check_fails_a_nan_ssim() -> None:
+    check = claims.baseline_check("case", float("nan"), recorded=0.5, tolerance=0.05, positive=False)
+    assert check.verdict is Verdict.FAIL and "not a number" in check.message

@@ -15,6 +15,8 @@ from giacheck.errors import InvalidCaseError
 from giacheck.runner import run_case
 from giacheck.specs import AttackSpec, Case, RunOptions
 
+pytest_plugins = ["pytester"]
+
 EXTENSIONS = Path(__file__).parent / "extensions"
 REPO = Path(__file__).parent.parent
 LENET = "lenet_sigmoid-16-bn_eval-bs1-stats_none"
@@ -43,7 +45,7 @@ def test_attack_named_by_import_path() -> None:
 
 
 def test_unknown_attack_lists_close_matches_before_compute() -> None:
-    with pytest.raises(KeyError, match=r"unknown attack 'dgl'.*Did you mean: dlg"):
+    with pytest.raises(InvalidCaseError, match=r"unknown attack 'dgl'.*Did you mean: dlg"):
         run_case(f"{LENET}-atk_dgl", options=BUDGET)
 
 
@@ -86,7 +88,8 @@ def test_configuration(gia, case_id):
 '''
 
 
-def test_attack_plug_in_through_a_pack(pytester: pytest.Pytester) -> None:
+def test_attack_plug_in_through_a_pack(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(EXTENSIONS))
     pytester.makepyfile(test_dlg_pack=PACK)
     pytester.makeconftest("pytest_plugins = ['gia_extensions']")
     result = pytester.runpytest_subprocess("--giacheck-update-all", "-p", "no:cacheprovider")

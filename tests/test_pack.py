@@ -60,7 +60,8 @@ def vendor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 # ------------------------------------------------------------------------------------------------ grid and rules
 def test_grid_takes_strings_and_enums() -> None:
     grid = Grid(batch_sizes=(1, 8), bn="train,eval", stats=["none", "exact"], updates="fedsgd,fedavg4")
-    assert [str(b) for b in grid.bn] == ["train", "eval"] and len(list(grid.cases(ModelSpec(name="m", resolution=16)))) == 2 * 2 * 2 * 2
+    model = ModelSpec(name="m", resolution=16)
+    assert [str(b) for b in grid.bn] == ["train", "eval"] and len(list(grid.cases(model))) == 2 * 2 * 2 * 2
     steps = {c.client.local_steps for c in grid.cases(ModelSpec(name="m", resolution=16))}
     assert steps == {1, 4}
 

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from giacheck.claims import ClaimResult
 from giacheck.cli import main
 from giacheck.errors import GiacheckError
+from giacheck.records import BaselineCheck, BaselineStatus, CaseRecord
 from giacheck.report import MANIFEST, CaseRow, load_results, write_report
 
 ENABLED = "resnet18_cifar-32-bn_eval-bs1-stats_none"
@@ -35,11 +37,26 @@ def _result(case_id: str, ssim: float, *, init_ssim: float | None = None) -> dic
             "secondary": {"patch_matched_ssim": {"mean": ssim + 0.1, "per_image": [ssim + 0.1]}}, "threat": threat}
 
 
+def _record(suite: str, case_id: str, ssim: float, *, claim: str = "feasible", verdict: str = "pass",
+            outcome: str | None = "passed", message: str | None = None, **kwargs: Any) -> CaseRecord:
+    judged = ClaimResult(kind=claim, case_id=case_id, verdict=verdict, measured=ssim, threshold=0.5,
+                         message=f"{case_id}: SSIM {ssim}" if message is None else message)
+    return CaseRecord.from_result(
+        _result(case_id, ssim, **kwargs), suite=suite, profile="smoke", claim=judged,
+        baseline=BaselineCheck(status=BaselineStatus.PASS, passed=True, path="b.json", recorded=0.7), wall_s=1.5,
+        origin="computed", nodeid=f"suites/{suite}.py::t", outcome=outcome)
+
+
 def _payload(suite: str, case_id: str, ssim: float, **kwargs: Any) -> dict[str, Any]:
+    """A case record as the plugin writes it into results.json / results.jsonl."""
+    return _record(suite, case_id, ssim, **kwargs).to_json()
+
+
+def _schema0_payload(suite: str, case_id: str, ssim: float) -> dict[str, Any]:
+    """A case as the plugin wrote it before records existed (no schema)."""
     return {"suite": suite, "case_id": case_id, "profile": "smoke", "claim": "feasible", "verdict": "pass",
             "message": f"{case_id}: SSIM {ssim}", "baseline": {"status": "pass", "path": "b.json", "recorded": 0.7},
-            "wall_s": 1.5, "nodeid": f"suites/{suite}.py::t", "outcome": "passed",
-            "result": _result(case_id, ssim, **kwargs)}
+            "wall_s": 1.5, "nodeid": f"suites/{suite}.py::t", "outcome": "passed", "result": _result(case_id, ssim)}
 
 
 def _suite_run(folder: Path, payloads: list[dict[str, Any]], *, pngs: bool = True) -> Path:
@@ -128,13 +145,23 @@ def test_html_is_self_contained(merged: tuple[list[CaseRow], dict[str, Path]], t
 
 
 def test_text_is_escaped(tmp_path: Path) -> None:
-    payload = _payload("<b>suite</b>", ENABLED, 0.5)
-    payload["message"] = '<script>alert("x")</script>'
-    payload["claim"] = "a&b"
+    payload = _payload("<b>suite</b>", ENABLED, 0.5, message='<script>alert("x")</script>')
+    payload["case_id"] = "a&b<i>"  # an id the case grammar does not read: shown, escaped, never in a ladder
     rows = load_results([_suite_run(tmp_path / "run", [payload])])
+    assert rows[0].init_p is None and rows[0].architecture == "a&b<i>"
     text = write_report(rows, tmp_path / "report")["html"].read_text()
-    assert "<script" not in text and "<b>suite" not in text
+    assert "<script" not in text and "<b>suite" not in text and "<i>" not in text
     assert "&lt;b&gt;suite&lt;/b&gt;" in text and "a&amp;b" in text and "&lt;script&gt;" in text
+
+
+def test_schema0_results_are_read(tmp_path: Path) -> None:
+    """results.json written before case records existed (no schema) still reports, with the same columns."""
+    rows = load_results([_suite_run(tmp_path / "run", [_schema0_payload("test_table1", ENABLED, 0.5)])])
+    assert rows[0].record == CaseRecord.from_json(_schema0_payload("test_table1", ENABLED, 0.5))
+    assert rows[0].record.schema == 1 and rows[0].record.nodeid == "suites/test_table1.py::t"
+    assert rows[0].shown_baseline == "0.700 (pass)" and rows[0].shown_verdict == "pass"
+    text = write_report(rows, tmp_path / "report")["md"].read_text()
+    assert f"| test_table1 | `{ENABLED}` | feasible | 0.500 | 0.500 | 0.600 | 0.700 (pass) | pass |" in text
 
 
 def test_markdown_table(merged: tuple[list[CaseRow], dict[str, Path]], tmp_path: Path) -> None:
@@ -215,6 +242,10 @@ def test_malformed_json_names_the_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("content", "match"), [
     ({"hello": 1}, "not a giacheck result"),
+    ({"profile": "smoke", "cases": [{**_payload("s", ENABLED, 0.5), "schema": 2}]},
+     r"cases\[0\]: case record of schema 2; this giacheck reads schema 1"),
+    ({"profile": "smoke", "cases": [{**_payload("s", ENABLED, 0.5), "verdict": "great"}]},
+     r"cases\[0\]: 'verdict' is 'great'; valid: pass, fail, inconclusive"),
     ({"profile": "smoke", "cases": [{"suite": "s", "case_id": "c", "profile": "smoke", "result": {}}]},
      r"cases\[0\]\.result: missing 'ssim\.mean'"),
     ({"profile": "smoke", "cases": [{"suite": "s", "case_id": "c", "profile": "smoke",
@@ -245,8 +276,8 @@ def test_missing_inputs(tmp_path: Path) -> None:
     ("regression", "pass", "failed", "fail(base)"),
 ])
 def test_shown_verdict_matches_suite_summary(claim: str, verdict: str, outcome: str, shown: str) -> None:
-    row = CaseRow(profile="smoke", suite="s", case_id=ENABLED, ssim_mean=0.5, ssim_max=0.5, claim=claim,
-                  verdict=verdict, outcome=outcome, source=Path("results.json"))
+    row = CaseRow(record=_record("s", ENABLED, 0.5, claim=claim, verdict=verdict, outcome=outcome),
+                  source=Path("results.json"))
     assert row.shown_verdict == shown
 
 

@@ -27,12 +27,12 @@ SUITES = {
 SUITE = '''
 import pytest
 
-from giacheck.specs import AttackSpec
+from giacheck.specs import AttackSpec, RunOptions
 
 
 @pytest.mark.parametrize("case", {cases!r})
 def test_regression(gia, case):
-    gia.regression(case, attack=AttackSpec(iterations=5))
+    gia.regression(case, options=RunOptions(budget=AttackSpec(iterations=5)))
 '''
 ALL = {(suite, case) for suite, cases in SUITES.items() for case in cases}
 

@@ -60,11 +60,13 @@ def test_a_failed_computation_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 SHARED_PACK = '''
+import os
+
 import torch
 from torch import nn
 
 from giacheck.models import ModelEntry
-from giacheck.specs import AttackSpec
+from giacheck.specs import AttackSpec, RunOptions
 
 
 def _factory(resolution, num_classes):
@@ -78,17 +80,24 @@ def entry():
 CASE = "test_pack:entry-16-bn_eval-bs1-stats_none"
 
 
-def test_same_case_on_every_worker(gia):
-    gia.regression(CASE, attack=AttackSpec(iterations=3))
+def test_same_case_on_every_worker(gia, request):
+    folder = request.config.workerinput["giacheck_shared_results"]
+    with open(f"shared-{request.config.workerinput['workerid']}.txt", "w") as fh:
+        fh.write(f"{folder} {os.stat(folder).st_mode & 0o777:o}")
+    gia.regression(CASE, options=RunOptions(budget=AttackSpec(iterations=3)))
 '''
 
 
 def test_xdist_workers_share_a_case(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--dist each`` runs the test on both workers: one computes the case, the other reuses it."""
+    """``--dist each`` runs the test on both workers: one computes the case, the other reuses it, through one
+    private folder outside the project that is gone after the run."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     pytester.makepyfile(test_pack=SHARED_PACK)
     result = pytester.runpytest_subprocess("-n", "2", "--dist", "each", "--giacheck-update-all")
     result.assert_outcomes(passed=2)
     journal = (pytester.path / "giacheck-artifacts" / "results.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["origin"] for line in journal) == ["another worker", "computed"]
-    assert not list((pytester.path / "giacheck-artifacts" / ".shared").glob("run-*"))  # removed at the end
+    (first, mode), (second, _) = (p.read_text().split() for p in sorted(pytester.path.glob("shared-gw*.txt")))
+    assert first == second and mode == "700"  # one private folder for the run, in the temp folder
+    assert not Path(first).exists() and not Path(first).is_relative_to(pytester.path)  # removed at the end
+    assert not (pytester.path / "giacheck-artifacts" / ".shared").exists()

@@ -1,0 +1,124 @@
+"""The controller's side (the only process under xdist that writes): case records from test reports, the
+``results.jsonl`` journal, baselines under ``--giacheck-update[-all]``, ``results.json``, the summary table and
+the run's shared-results folder for xdist workers."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from giacheck.errors import BaselineError
+from giacheck.jsonio import Journal
+from giacheck.plugin.options import option, updating
+
+if TYPE_CHECKING:
+    from giacheck.records import CaseRecord
+
+__all__ = ["CONTROLLER", "PROPERTY", "Controller"]
+
+PROPERTY = "giacheck"  # user_properties key carrying one case's record (CaseRecord.to_json() as JSON text)
+CONTROLLER = pytest.StashKey["Controller"]()
+
+
+class Controller:
+    """Collects case records from reports (local or from xdist workers), writes results and baselines.
+
+    Heavy imports (records, baselines) wait for the first record. Nothing is created on disk until a record
+    arrives (the artifacts folder) or a worker is configured (the shared folder, in the system temp folder,
+    removed at the end of the run).
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.rows: list[CaseRecord] = []
+        self.errors: list[str] = []
+        self.folder = Path(option(config, "artifacts"))
+        self.journal = Journal(self.folder / "results.jsonl", fresh=True)
+        self._shared: Path | None = None
+
+    def shared_folder(self) -> Path:
+        """The run's folder of finished cases for xdist workers: private (0700), made on the first call."""
+        if self._shared is None:
+            self._shared = Path(tempfile.mkdtemp(prefix="giacheck-shared-"))
+        return self._shared
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":  # teardown reports carry the same user_properties again
+            return
+        for name, value in report.user_properties:
+            if name != PROPERTY:
+                continue
+            from giacheck.records import CaseRecord  # here: most reports carry no record
+
+            record = CaseRecord.from_json(value, where=f"record of {report.nodeid}").with_outcome(report.outcome)
+            self.rows.append(record)
+            self.journal.append(record.to_json())  # at once: whatever happens to workers later, it is on disk
+            if updating(self.config):
+                self._write_baseline(record)
+            self.config.hook.pytest_giacheck_case_result(record=record, report=report, config=self.config)
+
+    def _write_baseline(self, record: CaseRecord) -> None:
+        from giacheck.baselines import BaselineStore
+
+        store = BaselineStore(record.baselines_root or option(self.config, "baselines"), record.profile)
+        try:
+            store.write(record.suite, record.case_id, record.result)
+        except BaselineError as exc:
+            self.errors.append(str(exc))
+
+    @pytest.hookimpl
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._shared is not None:
+            shutil.rmtree(self._shared, ignore_errors=True)
+            self._shared = None
+
+    def _unique(self) -> dict[tuple[str, str], CaseRecord]:
+        return {(r.suite, r.case_id): r for r in self.rows}
+
+    @pytest.hookimpl
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.rows:
+            from giacheck.records import write_results
+
+            write_results(self.rows, self.folder / "results.json", profile=option(self.config, "profile"))
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.rows:
+            return
+        tr = terminalreporter
+        tr.section("giacheck summary")
+        unique = self._unique()
+        tr.write_line(f"{'case id':52} {'claim':12} {'SSIM mean':>9} {'max':>6} {'patch*':>6} {'baseline':>16} "
+                      f"{'verdict':>19} {'wall s':>7}")
+        for row in unique.values():
+            tr.write_line(_summary_line(row))
+        tr.write_line("* patch: secondary, permutation-tolerant SSIM (patches matched); claims use standard SSIM")
+        tr.write_line(f"results: {self.folder / 'results.json'}")
+        self._report_orphans(tr, unique)
+        for error in self.errors:
+            tr.write_line(f"baseline not written: {error}", red=True)
+
+    def _report_orphans(self, tr: Any, unique: dict[tuple[str, str], CaseRecord]) -> None:
+        """Baselines of the suites run whose case did not run: orphaned if the case is gone (or deselected)."""
+        from giacheck.baselines import BaselineStore
+
+        roots = {r.suite: r.baselines_root or option(self.config, "baselines") for r in unique.values()}
+        for suite in sorted(roots):
+            store = BaselineStore(roots[suite], option(self.config, "profile"))
+            for path in store.orphans(suite, [c for s, c in unique if s == suite]):
+                tr.write_line(f"baseline without a case in this run (orphaned, or deselected): {path}")
+
+
+def _summary_line(row: CaseRecord) -> str:
+    """One row of the summary table."""
+    scores = row.scores
+    patch = f"{scores.patch_ssim_mean:6.3f}" if scores.patch_ssim_mean is not None else f"{'—':>6}"
+    wall = f"{row.wall_s:7.1f}" if row.wall_s is not None else f"{'—':>7}"
+    return (f"{row.case_id[:52]:52} {row.claim or '—':12} {scores.ssim_mean:9.3f} {scores.ssim_max:6.3f} {patch} "
+            f"{row.shown_baseline:>16} {row.shown_verdict:>19} {wall}")

@@ -1,0 +1,96 @@
+"""Merge result files from several runs, workers or machines into one report people would rather look at.
+
+``load_results`` reads the suites' ``results.json`` (``{"profile", "cases": [record, …]}``), their
+``results.jsonl`` journals (:mod:`giacheck.records`), single result JSONs written by ``giacheck run --out`` and
+folders holding any of these; rows are keyed by (profile, suite, case id) and later files win. ``write_report``
+writes
+
+- ``report.html``: self-contained (inline CSS, PNGs embedded as data URIs, nothing fetched): a verdict table,
+  per suite a grid laid out like the paper's figures (originals above reconstructions, case id and SSIM
+  under each), and the Figure 4 ladder (``-init_p`` cases) per architecture as an SSIM-vs-noise plot and as an
+  image grid ordered by noise fraction;
+- ``report.md``: the same table and ladder, with links to the PNGs;
+- ``ladder-<architecture>.png``: the ladder plots (matplotlib, Agg canvas; no global backend switch).
+
+It writes only into a new or empty folder, or one holding nothing but what giacheck wrote there (listed in
+its :data:`giacheck.outputs.MANIFEST`); a folder with anything else in it is refused and left untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from giacheck.errors import GiacheckError
+from giacheck.jsonio import write_bytes_atomic
+from giacheck.outputs import MANIFEST, check_output_folder, claim_outputs
+from giacheck.report.layout import ladders as find_ladders
+from giacheck.report.render_html import render_html
+from giacheck.report.render_md import render_markdown
+from giacheck.report.rows import CaseRow, load_results
+
+__all__ = ["MANIFEST", "WRITER", "CaseRow", "load_results", "write_report"]
+
+log = logging.getLogger("giacheck.report")
+
+WRITER = "report"  # how the output manifest names what this module wrote
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str], *,
+                 keep: Iterable[str] = (), summary: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``report.html``, ``report.md`` and the ladder plots into ``out_dir``.
+
+    ``keep`` names entries of ``out_dir`` that belong to the caller: they are neither refused nor touched.
+    ``summary``: lines shown first, under the title (an audit's verdict).
+
+    Returns:
+        ``{"html": …, "md": …, "ladder:<architecture>": …}`` (paths of the files written).
+
+    Raises:
+        GiacheckError: no rows, ``out_dir`` is a file, or it holds files giacheck did not write (named;
+            nothing is written then).
+    """
+    if not rows:
+        raise GiacheckError("no cases to report")
+    out = Path(out_dir)
+    owned = check_output_folder(out, command="giacheck report", keep=keep)
+    previous = {name for name, writer in owned.items() if writer == WRITER}
+    images = {row.key: _png_bytes(row) for row in rows}
+    ladders = find_ladders(rows)
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    files: dict[str, tuple[str, bytes]] = {
+        "html": ("report.html", render_html(rows, images, ladders, generated, summary).encode("utf-8")),
+        "md": ("report.md", render_markdown(rows, images, ladders, out, generated, summary).encode("utf-8")),
+    }
+    for ladder in ladders:
+        if ladder.png is not None:
+            files[f"ladder:{ladder.architecture}"] = (ladder.filename, ladder.png)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {key: write_bytes_atomic(data, out / name) for key, (name, data) in files.items()}
+    names = {path.name for path in written.values()}
+    claim_outputs(out, WRITER, names, replace=True)
+    for stale in sorted(previous - names):  # plots of architectures no longer in the results
+        path = out / stale
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    log.info("wrote %s (%d cases, %d without image)", written["html"], len(rows),
+             sum(images[r.key] is None for r in rows))
+    return written
+
+
+def _png_bytes(row: CaseRow) -> bytes | None:
+    if row.image is None:
+        return None
+    try:
+        data = row.image.read_bytes()
+    except OSError as exc:
+        log.warning("%s: cannot read %s (%s)", row.case_id, row.image, exc)
+        return None
+    if not data.startswith(_PNG_SIGNATURE):
+        log.warning("%s: %s is not a PNG; shown without image", row.case_id, row.image)
+        return None
+    return data

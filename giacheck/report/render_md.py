@@ -1,0 +1,69 @@
+"""``report.md``: the verdict table and the ladders, with links to the PNGs (images are embedded only in HTML)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from giacheck.report.layout import Ladder, caption, num, suite_title, suites
+from giacheck.report.rows import CaseRow
+
+__all__ = ["render_markdown"]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _relative(path: Path, start: Path) -> str:
+    try:
+        return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        return path.resolve().as_posix()
+
+
+def render_markdown(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], bytes | None],
+                    ladders: Sequence[Ladder], out: Path, generated: str, summary: Sequence[str] = ()) -> str:
+    """The Markdown report; PNG links are relative to ``out``, the folder it is written into."""
+    profiles = {row.profile for row in rows}
+    lines = [
+        "# giacheck report: gradient-inversion leakage", "",
+        f"{len(rows)} cases · profile {', '.join(sorted(profiles))} · generated {generated}. "
+        "Images are embedded in `report.html`.", "", *[f"**{_cell(line)}**  " for line in summary],
+        *([""] if summary else []),
+        "## Verdicts", "",
+        "| suite | case id | claim | SSIM mean | SSIM max | patch-matched | baseline | verdict |",
+        "|---|---|---|---:|---:|---:|---|---|",
+    ]
+    lines.extend(
+        f"| {_cell(suite_title(r.profile, r.suite, profiles))} | `{_cell(r.case_id)}`"
+        f" | {_cell(r.claim or '—')}"
+        f" | {num(r.ssim_mean)} | {num(r.ssim_max)} | {num(r.patch_ssim_mean)} | {_cell(r.shown_baseline)}"
+        f" | {_cell(r.shown_verdict)} |" for r in rows)
+    lines += ["", "SSIM: standard SSIM after Hungarian matching (claims use it); patch-matched: secondary, "
+              "permutation-tolerant.", ""]
+    lines += _ladder_lines(ladders)
+    lines += ["## Images (originals above reconstructions)", ""]
+    for (profile, suite), members in suites(rows).items():
+        lines += [f"### {suite_title(profile, suite, profiles)}", ""]
+        for r in members:
+            where = f"[PNG](<{_relative(r.image, out)}>)" if images[r.key] is not None and r.image else "no image"
+            lines.append(f"- `{_cell(r.case_id)}`: {caption(r)}, {where}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _ladder_lines(ladders: Sequence[Ladder]) -> list[str]:
+    if not ladders:
+        return []
+    lines = ["## Figure 4 ladder: SSIM against the noise of a controlled start", ""]
+    for ladder in ladders:
+        lines += [f"### {ladder.architecture}", ""]
+        if ladder.png is not None:
+            lines += [f"![SSIM vs noise, {ladder.architecture}]({ladder.filename})", ""]
+        lines += ["| case id | p | start SSIM | SSIM |", "|---|---:|---:|---:|"]
+        lines += [f"| `{_cell(r.case_id)}` | {r.init_p:g} | {num(r.init_ssim)} | {num(r.ssim_mean)} |"
+                  for r in ladder.rows]
+        lines.append("")
+    return lines

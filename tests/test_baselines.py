@@ -1,0 +1,144 @@
+"""Tests of giacheck.baselines: the check a test runs against its recorded baseline — missing, corrupt (left
+untouched, even by an update), updated, stale (recorded under another attack identity: each changed field
+named, the file untouched), and the one-sided / two-sided SSIM comparison; a tolerance that would disable
+every check is refused."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from giacheck import records
+from giacheck.baselines import BaselineStore, check_baseline
+from giacheck.claims import InvalidToleranceError
+from giacheck.errors import BaselineError
+from giacheck.records import BaselineStatus, IdentityChange
+
+SUITE = "test_table1"
+CASE = "resnet18_cifar-32-bn_eval-bs1-stats_none"
+
+
+def result(ssim: float = 0.5, *, profile: str = "smoke", **attack: Any) -> dict[str, Any]:
+    return {"case_id": CASE, "profile": profile, "ssim": {"per_image": [ssim], "mean": ssim, "max": ssim},
+            "attack": {"name": "gradmatch", "iterations": 200, "restarts": 1, "lr": 0.1, "tv_weight": 0.01,
+                       "bn_weight": 0.01, "bn_prior": "relative", "proxy_candidates": 4, "distance": "cosine",
+                       "batched": True, **attack}}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BaselineStore:
+    return BaselineStore(tmp_path / "baselines", "smoke")
+
+
+def _check(store: BaselineStore, res: dict[str, Any], **kwargs: Any) -> records.BaselineCheck:
+    return check_baseline(store, SUITE, res, **{"tolerance": 0.05, "positive": False, **kwargs})
+
+
+def test_missing_then_recorded_then_pass_and_fail(store: BaselineStore) -> None:
+    check = _check(store, result())
+    assert check.status is BaselineStatus.MISSING and not check.passed and check.recorded is None
+    assert f"no baseline recorded at {store.path(SUITE, CASE)}" in check.message
+    assert "--giacheck-update" in check.message
+    path = store.write(SUITE, CASE, result(0.5))
+    assert json.loads(path.read_text())["profile"] == "smoke", "a baseline records the profile it belongs to"
+    assert _check(store, result(0.54)).status is BaselineStatus.PASS
+    rose = _check(store, result(0.56))
+    assert rose.status is BaselineStatus.FAIL and not rose.passed and rose.recorded == 0.5
+    assert "LEAKAGE ROSE" in rose.message and rose.path == str(path)
+    assert _check(store, result(0.40)).passed, "one-sided for leakage"
+    weaker = _check(store, result(0.40), positive=True)
+    assert weaker.status is BaselineStatus.FAIL and "GOT WEAKER" in weaker.message
+
+
+def test_nan_ssim_fails(store: BaselineStore) -> None:
+    store.write(SUITE, CASE, result(0.5))
+    check = _check(store, result(math.nan))
+    assert check.status is BaselineStatus.FAIL and "not a number" in check.message
+
+
+def test_stale_baseline_names_each_change_and_is_left_untouched(store: BaselineStore) -> None:
+    path = store.write(SUITE, CASE, result(0.5, iterations=400, distance="l2"))
+    before = path.read_bytes()
+    check = _check(store, result(0.5))  # same SSIM: a stale baseline fails whatever the numbers
+    assert check.status is BaselineStatus.STALE and not check.passed and check.recorded == 0.5
+    assert check.changed == (IdentityChange(field="iterations", recorded=400, current=200),
+                             IdentityChange(field="distance", recorded="l2", current="cosine"))
+    assert check.message == (f"stale baseline {path}: recorded under iterations=400, this run iterations=200; "
+                             "recorded under distance=l2, this run distance=cosine; rerun with --giacheck-update to "
+                             "re-record (the file was left untouched; its SSIM was not compared)")
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "no temp file either"
+
+
+def test_stale_on_attack_name_and_absent_fields(store: BaselineStore) -> None:
+    old = result(0.5)
+    del old["attack"]["name"], old["attack"]["distance"]  # recorded before the attack had a name
+    path = store.write(SUITE, CASE, old)
+    check = _check(store, result(0.5))
+    assert [c.field for c in check.changed] == ["attack", "distance"]
+    assert "recorded under attack=(absent), this run attack=gradmatch" in check.message
+    assert check.status is BaselineStatus.STALE and path.read_bytes() == store.path(SUITE, CASE).read_bytes()
+
+
+def test_profile_is_part_of_the_identity(store: BaselineStore) -> None:
+    path = store.path(SUITE, CASE)
+    path.parent.mkdir(parents=True)
+    without = {k: v for k, v in result(0.5).items() if k != "profile"}
+    path.write_text(json.dumps(without))  # an older file: the folder names its profile
+    assert _check(store, result(0.5)).status is BaselineStatus.PASS
+    store.write(SUITE, CASE, result(0.5, profile="paper"))
+    check = _check(store, result(0.5))
+    assert check.status is BaselineStatus.STALE
+    assert check.changed == (IdentityChange(field="profile", recorded="paper", current="smoke"),)
+
+
+def test_identity_gains_a_field_in_one_line(store: BaselineStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "IDENTITY_FIELDS", (*records.IDENTITY_FIELDS, ("weights", "model.weights")))
+    path = store.write(SUITE, CASE, result(0.5))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "model": {"weights": "v1"}}))
+    check = _check(store, {**result(0.5), "model": {"weights": "v2"}})
+    assert check.changed == (IdentityChange(field="weights", recorded="v1", current="v2"),)
+
+
+def test_update_rewrites_nothing_here_and_fails_unless_accepted(store: BaselineStore) -> None:
+    path = store.write(SUITE, CASE, result(0.5, iterations=400))
+    before = path.read_bytes()
+    check = _check(store, result(0.9), update=True)
+    assert check.status is BaselineStatus.UPDATED and not check.passed and check.recorded == 0.5
+    assert "baseline rewritten at" in check.message and "(--giacheck-update)" in check.message
+    assert "it was recorded under iterations=400" in check.message
+    assert path.read_bytes() == before, "the controller writes, from the test report; the check never does"
+    accepted = _check(store, result(0.9), update=True, accept_update=True)
+    assert accepted.passed and "--giacheck-update-all" in accepted.message
+    assert _check(store.__class__(store.root, "paper"), result(0.9), update=True).recorded is None
+
+
+@pytest.mark.parametrize("update", [False, True])
+def test_corrupt_baseline_is_reported_and_left_untouched(store: BaselineStore, update: bool) -> None:
+    path = store.path(SUITE, CASE)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'{"ssim": {"mean": "high"')
+    check = _check(store, result(), update=update)
+    assert check.status is BaselineStatus.CORRUPT and not check.passed
+    assert check.message.startswith(f"corrupt baseline {path}: ") and "left untouched" in check.message
+    with pytest.raises(BaselineError, match="corrupt baseline"):
+        store.write(SUITE, CASE, result())  # an update does not overwrite it either
+    assert path.read_bytes() == b'{"ssim": {"mean": "high"'
+
+
+@pytest.mark.parametrize("tolerance", [math.nan, math.inf, -0.01, "nan", "abc", None, True])
+def test_a_tolerance_that_disables_checks_is_refused(store: BaselineStore, tolerance: Any) -> None:
+    store.write(SUITE, CASE, result(0.5))
+    with pytest.raises(InvalidToleranceError, match=r"baseline tolerance .*: give a finite number >= 0"):
+        _check(store, result(0.99), tolerance=tolerance)
+
+
+def test_orphans(store: BaselineStore) -> None:
+    store.write(SUITE, CASE, result())
+    store.write(SUITE, "gone-32-bn_eval-bs1-stats_none", {**result(), "case_id": "gone"})
+    assert [p.stem for p in store.orphans(SUITE, [CASE])] == ["gone-32-bn_eval-bs1-stats_none"]
+    assert store.orphans("no_such_suite", []) == []
