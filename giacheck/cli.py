@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from giacheck.errors import GiacheckError
-from giacheck.specs import PROFILES
+from giacheck.specs import DEFAULT_ATTACK, PROFILES, Case
 
 __all__ = ["main"]
 
@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="image source: bundled, imagefolder:PATH, cifar10:PATH or PATH (default: bundled)")
     run.add_argument("--iterations", type=int, help="override the profile's iteration budget")
     run.add_argument("--restarts", type=int, help="override the profile's number of restarts")
+    run.add_argument("--attack", help="attack to run when the case id names none (a registered name or "
+                                      "package.module:Name; default: the built-in gradmatch)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument("--out", type=Path, help="write <case-id>.png (original above reconstruction) and .json here")
 
@@ -104,6 +106,9 @@ def _pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control", help="positive control case id (default: the sigmoid LeNet at the input size)")
     parser.add_argument("--data", default="bundled", help="image source: bundled, imagefolder:PATH, cifar10:PATH")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attack", default=DEFAULT_ATTACK,
+                        help="attack run on every configuration and on the control (a registered name or "
+                             f"package.module:Name; default: {DEFAULT_ATTACK})")
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -142,7 +147,8 @@ def _pack_from(args: argparse.Namespace):
     grid = Grid(batch_sizes=_batch_sizes(args.batch_sizes), bn=args.bn, stats=args.stats, updates=args.updates)
     return Pack(name=args.name or _pack_name(args.model), model=args.model, grid=grid, rules=tuple(rules),
                 input_size=args.input_size, num_classes=args.num_classes, mean=channels.get("mean"),
-                std=channels.get("std"), control=args.control, data=args.data, seed=args.seed)
+                std=channels.get("std"), control=args.control, data=args.data, seed=args.seed,
+                attacker=args.attack)
 
 
 def _pack_name(model: str) -> str:
@@ -190,7 +196,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("iterations", args.iterations), ("restarts", args.restarts)) if v is not None}
     attack = dataclasses.replace(attack, **overrides)
     options = RunOptions(seed=args.seed, data=args.data, budget=attack)
-    result = run_case(args.case_id, profile=args.profile, device=args.device, options=options)
+    case = Case.parse(args.case_id)
+    if args.attack and case.attack == DEFAULT_ATTACK:
+        case = case.with_(attack=args.attack)
+    result = run_case(case, profile=args.profile, device=args.device, options=options)
     if args.out:
         paths = save_result(result, args.out)
         log.info("wrote %s and %s", paths["png"], paths["json"])
@@ -198,7 +207,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     else:
         print(f"{result.case_id}: SSIM mean {result.ssim_mean:.3f} max {result.ssim_max:.3f} "
-              f"(secondary patch-matched {result.patch_ssim_mean:.3f}), 1-cos {result.grad_distance:.4f}, "
+              f"(secondary patch-matched {result.patch_ssim_mean:.3f}), update distance {result.grad_distance:.4f}, "
               f"{result.iterations} iterations x {result.restarts} restarts in {result.timings.attack_s:.1f} s")
     return 0
 

@@ -59,7 +59,11 @@ DEFENCES: Registry[Any] = Registry("defence")
 
 
 def register_defence(name: str):
-    """Register a defence factory ``(value: float | None) -> Defence`` under ``name`` (its id token prefix)."""
+    """Register a defence factory ``(value: float | None) -> Defence`` under ``name`` (its id token prefix:
+    letters and '_' only, since the parameter follows it directly)."""
+    if not isinstance(name, str) or not DEFENCE_TOKEN.fullmatch(name) or DEFENCE_TOKEN.fullmatch(name)["value"]:
+        raise ValueError(f"defence name {name!r}: use lower-case letters and '_' (a digit would read as its "
+                         "parameter in ids such as 'clip1.5')")
     return DEFENCES.register(name)
 
 

@@ -4,6 +4,10 @@
 same network after a "harmless" change that freezes BatchNorm (running statistics in the forward, as in many
 fine-tuning recipes). With a training-mode client at batch size 4 and 16×16 inputs, the smoke attack reaches
 SSIM 0.089 on the first and 0.320 on the second: a pack recorded on the first fails on the second.
+
+``plain_classifier`` is the same CNN as most vendors have it, a factory returning a plain ``nn.Module``: giacheck
+writes its entry from the module and the flags (``--model giacheck.examples:plain_classifier --input-size 16
+--num-classes 10``; see :mod:`giacheck.models.factories`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from torch import Tensor, nn
 
 from giacheck.models import ModelEntry
 
-__all__ = ["FrozenBatchNorm2d", "classifier", "classifier_frozen_bn"]
+__all__ = ["FrozenBatchNorm2d", "classifier", "classifier_frozen_bn", "plain_classifier"]
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):
@@ -42,3 +46,8 @@ def classifier_frozen_bn() -> ModelEntry:
     return ModelEntry(name="acme_classifier_frozen_bn", upstream="giacheck.examples", default_size=16,
                       num_classes=10, factory=lambda resolution, num_classes: _network(FrozenBatchNorm2d, num_classes),
                       norm_kinds=("BatchNorm2d",), has_batchnorm=True, description="example vendor CNN, frozen BN")
+
+
+def plain_classifier(num_classes: int = 10) -> nn.Module:
+    """The vendor's CNN as a plain module (any input size): no ModelEntry, the flags supply the metadata."""
+    return _network(nn.BatchNorm2d, num_classes)

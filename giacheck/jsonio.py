@@ -106,15 +106,3 @@ class Journal:
             fh.write(json.dumps(record, allow_nan=False, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-
-    def read(self) -> list[Any]:
-        """Every complete record (a torn last line, from a crash mid-write, is skipped)."""
-        if not self.path.exists():
-            return []
-        records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,11 +24,13 @@ from typing import Any, Protocol
 from giacheck.claims import ClaimKind, ClaimResult, Verdict, shown_verdict
 from giacheck.errors import GiacheckError
 from giacheck.jsonio import parse_json, read_json, round_floats, write_json_atomic
-from giacheck.specs import BUDGET_FIELDS
+from giacheck.specs import BUDGET_FIELDS, DEFAULT_ATTACK
 
 __all__ = ["IDENTITY_FIELDS", "RESULTS_JSON", "RESULTS_JSONL", "SCHEMA", "BaselineCheck", "BaselineStatus",
            "CaseRecord", "IdentityChange", "RecordError", "Scores", "attack_identity", "identity_changes",
            "is_records_document", "read_records", "records_from", "write_results"]
+
+log = logging.getLogger("giacheck.records")
 
 SCHEMA = 1
 RESULTS_JSON, RESULTS_JSONL = "results.json", "results.jsonl"
@@ -38,6 +41,9 @@ IDENTITY_FIELDS: tuple[tuple[str, str], ...] = (
     *((name, f"attack.{name}") for name in BUDGET_FIELDS),
     ("profile", "profile"),
 )
+# What a file written before a field was recorded was run with (every baseline then came from the built-in attack
+# with the cosine distance), so that upgrading giacheck does not turn unchanged baselines stale.
+IDENTITY_DEFAULTS: dict[str, Any] = {"attack": DEFAULT_ATTACK, "distance": "cosine"}
 
 
 class RecordError(GiacheckError, ValueError):
@@ -67,7 +73,8 @@ def _lookup(data: Any, dotted: str) -> Any:
 def attack_identity(result: Mapping[str, Any]) -> dict[str, Any]:
     """``{label: value}`` of :data:`IDENTITY_FIELDS` in a result dict (None where absent), floats rounded as in
     baseline files, so that a recorded identity compares equal to the run that recorded it."""
-    return {label: round_floats(_lookup(result, path)) for label, path in IDENTITY_FIELDS}
+    values = {label: round_floats(_lookup(result, path)) for label, path in IDENTITY_FIELDS}
+    return {label: IDENTITY_DEFAULTS.get(label) if value is None else value for label, value in values.items()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -325,10 +332,18 @@ def read_records(path: str | Path) -> list[CaseRecord]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordError(f"{path}: cannot read ({exc})") from exc
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             where = f"{path}, line {number}"
-            records.append(CaseRecord.from_json(parse_json(line, where), where=where))
+            try:
+                data = parse_json(line, where)
+            except GiacheckError:
+                if number == len(lines) and not text.endswith("\n"):  # torn by a crash mid-append: skipped
+                    log.warning("%s: last line is incomplete (a crash while it was written); skipped", where)
+                    continue
+                raise
+            records.append(CaseRecord.from_json(data, where=where))
     return records
 
 

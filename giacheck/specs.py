@@ -6,7 +6,7 @@ A case id is readable and stable, every value prefixed with its axis key (DESIGN
 
 One table, :data:`AXES`, spells the grammar: it generates ``Case.id``, ``Case.parse``, the form quoted in errors
 (:data:`ID_FORM`), the pack's grid axes and rule keys. Adding an axis is one row (and the field it reads).
-``Case.parse(case.id) == case`` for every valid case.
+``Case.parse(case.id) == case`` for every case that can be built (specs refuse what an id cannot spell).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +41,12 @@ __all__ = [
 
 
 DEFENCE_TOKEN = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z_.:]*?)(?P<value>\d+(?:\.\d+)?)?$")
+
+
+def _canonical_token(token: str) -> str:
+    """One spelling per defence setting: ``clip1.50`` and ``clip01.5`` are ``clip1.5``."""
+    m = DEFENCE_TOKEN.match(token)
+    return m["name"] + (format_number(float(m["value"])) if m["value"] is not None else "")
 
 
 class BNMode(StrEnum):
@@ -101,15 +107,20 @@ class ClientSpec:
 
     def __post_init__(self) -> None:
         _coerce(self, bn_mode=BNMode, update=UpdateKind)
+        if self.update is UpdateKind.FEDSGD:
+            object.__setattr__(self, "local_steps", 1)  # FedSGD shares one gradient: there are no local steps
         if isinstance(self.defences, str):
             tokens = tuple(self.defences.split("+")) if self.defences else ()
-        else:
+        elif isinstance(self.defences, tuple | list):
             tokens = tuple(self.defences)
+        else:
+            raise InvalidCaseError(f"ClientSpec.defences={self.defences!r} (valid: a tuple of tokens such as "
+                                   "('clip1.5',), or a '+'-joined string)")
         bad = [t for t in tokens if not isinstance(t, str) or not DEFENCE_TOKEN.match(t)]
         if bad:
             raise InvalidCaseError(f"ClientSpec.defences={list(tokens)}: cannot read {bad}; write NAME followed by "
                                    "its parameter, e.g. 'clip1.5' (names: letters, '_', '.', ':')")
-        object.__setattr__(self, "defences", tuple(tokens))
+        object.__setattr__(self, "defences", tuple(_canonical_token(t) for t in tokens))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,7 +168,14 @@ class AttackSpec:
             raise InvalidCaseError("invalid attack spec: " + "; ".join(problems))
 
 
-DISTANCES = ("cosine", "l2")
+class Distance(StrEnum):
+    """How far a dummy update is from the client's (``AttackSpec.distance``; computed in ``attack/distance.py``)."""
+
+    COSINE = "cosine"
+    L2 = "l2"
+
+
+DISTANCES = tuple(Distance)
 DEFAULT_ATTACK = "gradmatch"  # the built-in attack: gradient matching with signed Adam (DESIGN §4)
 BUDGET_FIELDS = ("iterations", "restarts", "lr", "tv_weight", "bn_weight", "bn_prior", "proxy_candidates", "distance")
 
@@ -195,6 +213,11 @@ class Case:
     init_p: float | None = None  # controlled initialization: fraction of true pixels replaced by noise
     attack: str = DEFAULT_ATTACK  # a registered attack name or ``package.module:Name`` (giacheck.attack.registry)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.attack, str) or not re.fullmatch(AXIS["attack"].pattern, self.attack):
+            raise InvalidCaseError(f"Case.attack={self.attack!r} (valid: a registered attack name or "
+                                   "package.module:Name)")
+
     @property
     def id(self) -> str:
         """The readable, stable case id (see the module docstring and :data:`AXES`)."""
@@ -207,10 +230,6 @@ class Case:
     def with_(self, **changes: object) -> Case:
         """Return a copy with top-level fields replaced."""
         return replace(self, **changes)
-
-    def axis(self, key: str) -> Any:
-        """The value of axis ``key`` (:data:`AXES`) for this case."""
-        return AXIS[key].get(self)
 
     @classmethod
     def parse(cls, case_id: str) -> Case:
@@ -258,7 +277,17 @@ def case_id(model: str, res: int, **axes: Any) -> str:
         if key not in AXIS:
             raise InvalidCaseError(f"case_id: unknown axis {key!r}; valid: {', '.join(AXIS)}")
         axis = AXIS[key]
-        values[key] = axis.read(value if isinstance(value, str) else axis.write(value))
+        text = value if isinstance(value, str) else axis.write(value)
+        if text == "" and axis.default == ():  # an empty chain: no defence
+            values[key] = ()
+            continue
+        if not re.fullmatch(axis.pattern, text):
+            raise InvalidCaseError(f"case_id: {key}={value!r} (valid: {axis.prefix}{axis.valid})")
+        try:
+            values[key] = axis.read(text)
+        except ValueError:
+            valid = ", ".join(axis.prefix + v for v in axis.choices) or axis.prefix + axis.valid
+            raise InvalidCaseError(f"case_id: {key}={value!r} (valid: {valid})") from None
     missing = [a.key for a in AXES if a.default is REQUIRED and a.key not in values]
     if missing:
         raise InvalidCaseError(f"case_id: give {', '.join(missing)} (every id spells them out)")
@@ -342,9 +371,6 @@ _ID_RE = re.compile("^" + "".join(
     for a in AXES).replace(")(?P<res>", ")-(?P<res>") + "$")
 ID_FORM = "-".join(f"{a.prefix}{a.valid}" if a.default is REQUIRED
                    else f"[-{a.prefix}{a.valid}]" for a in AXES).replace("-[", "[")
-
-
-_E = TypeVar("_E", bound=StrEnum)
 
 
 def _coerce(spec: object, **fields: type[StrEnum]) -> None:

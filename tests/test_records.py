@@ -210,9 +210,11 @@ def test_read_and_write_results(tmp_path: Path) -> None:
     journal = tmp_path / "results.jsonl"
     journal.write_text("".join(json.dumps(r.to_json()) + "\n" for r in (first, second)) + "\n")
     assert read_records(journal) == [first, second]
-    journal.write_text(json.dumps(first.to_json()) + "\n{torn\n")
+    journal.write_text(json.dumps(first.to_json()) + "\n{torn\n")  # a complete line that is malformed: refused
     with pytest.raises(GiacheckError, match=r"results\.jsonl, line 2: malformed JSON"):
         read_records(journal)
+    journal.write_text(json.dumps(first.to_json()) + "\n" + json.dumps(second.to_json())[:40])  # torn mid-append
+    assert read_records(journal) == [first]
     one = tmp_path / "one.json"
     one.write_text(json.dumps(first.to_json()))
     assert read_records(one) == [first]

@@ -9,18 +9,11 @@ copy): ``⟨g, t⟩``, ``‖g‖²`` and the target's norm, so the factored FedS
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 
+from giacheck.specs import Distance
+
 __all__ = ["Distance", "from_terms", "update_distance"]
-
-
-class Distance(StrEnum):
-    """How far a dummy update is from the client's (``AttackSpec.distance``)."""
-
-    COSINE = "cosine"
-    L2 = "l2"
 
 
 def from_terms(kind: Distance | str, dot: torch.Tensor, norm_sq: torch.Tensor, target_norm: float) -> torch.Tensor:

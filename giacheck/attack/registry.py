@@ -5,14 +5,14 @@ honest-but-curious server holds: the global model, the client's update, the labe
 normalization-statistics target (or None), optional starting images and a seed. It never receives ground truth.
 The built-in ``gradmatch`` is gradient matching with signed Adam (``invert.py``); a user's attack is registered
 with ``@register_attack("name")`` or named ``package.module:Name`` (``giacheck run/audit --attack``,
-``pytest --giacheck-attack``, ``Pack(attack_name=...)``).
+``pytest --giacheck-attack``, ``Pack(attacker=...)``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from giacheck.errors import GiacheckError
+from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.plugins import Registry
 from giacheck.specs import DEFAULT_ATTACK, AttackSpec
 
@@ -52,7 +52,14 @@ def list_attacks() -> list[str]:
 def make_attack(name: str, spec: AttackSpec) -> Attack:
     """Build the attack ``name`` (registered, or ``package.module:Name``) for budget ``spec``."""
     factory = ATTACKS.get(name or DEFAULT_ATTACK)
-    attack = factory(spec)
+    try:
+        attack = factory(spec)
+    except GiacheckError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InvalidCaseError(f"attack {name!r}: building it from its budget raised {type(exc).__name__}: {exc}; "
+                               "an attack factory takes an AttackSpec and returns a callable "
+                               "(model, update, *, labels, stats, init, seed) -> Reconstruction") from None
     if not callable(attack):
         raise GiacheckError(f"attack {name!r}: its factory returned {type(attack).__name__}, which is not callable; "
                             "an attack factory takes an AttackSpec and returns a callable "

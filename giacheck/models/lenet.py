@@ -26,10 +26,10 @@ class SigmoidLeNet(nn.Module):
 
 
 @register_model
-def lenet_sigmoid(**overrides: object) -> ModelEntry:
+def lenet_sigmoid() -> ModelEntry:
     """Sigmoid LeNet from DLG; no normalization layers."""
     return ModelEntry(
         name="lenet_sigmoid", upstream="DLG LeNet (Zhu et al. 2019)", factory=SigmoidLeNet,
         default_size=32, num_classes=10, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size_multiple=4,
-        description="sigmoid LeNet, DLG control", **overrides,
+        description="sigmoid LeNet, DLG control",
     )

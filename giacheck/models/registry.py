@@ -1,84 +1,44 @@
 """Model registry: ``@register_model`` functions return a :class:`ModelEntry`; ``build`` makes the module.
 
 The function name is the registry key and its one-line docstring says what it is (timm style). Any
-``package.module:function`` string also names a model, so a vendor's test pack can use its own architecture.
+``package.module:function`` string also names a model, so a vendor's test pack can use its own architecture: a
+function returning a :class:`ModelEntry` or a plain ``torch.nn.Module`` (:mod:`giacheck.models.factories`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import logging
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from giacheck.errors import GiacheckError, InvalidCaseError, UnknownModelError, close_matches
+from giacheck.errors import InvalidCaseError, UnknownModelError, close_matches
+from giacheck.models.entry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelEntry,
+    NormalizedModel,
+    check_module,
+    mean_cross_entropy,
+)
+from giacheck.models.factories import call_factory, entry_from_factory, with_overrides
 
-__all__ = ["ModelEntry", "NormalizedModel", "build", "get_entry", "list_models", "register_alias", "register_model"]
-
-log = logging.getLogger("giacheck.models")
-
-def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The classification training loss: cross-entropy averaged over the batch."""
-    return torch.nn.functional.cross_entropy(logits, labels, reduction="mean")
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelEntry:
-    """Metadata of a registered model plus the factory that builds it (timm's ``PretrainedCfg`` analogue)."""
-
-    name: str
-    upstream: str
-    factory: Callable[[int, int], nn.Module] = field(repr=False)  # (resolution, num_classes) -> module
-    default_size: int
-    num_classes: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    task: str = "classification"
-    norm_kinds: tuple[str, ...] = ()
-    has_batchnorm: bool = False
-    sizes: tuple[int, ...] = ()  # resolutions the model accepts; empty = any multiple of ``size_multiple``
-    size_multiple: int = 1
-    min_size: int = 8
-    description: str = ""
-    loss: Callable[[Any, Any], torch.Tensor] = field(default=mean_cross_entropy, repr=False)  # (outputs, targets)
-
-    def check_resolution(self, resolution: int) -> str | None:
-        """Return why ``resolution`` cannot be used with this model, or ``None`` when it can."""
-        if self.sizes and resolution not in self.sizes:
-            return f"{self.name} takes input sizes {list(self.sizes)}, not {resolution}"
-        if resolution < self.min_size or resolution % self.size_multiple:
-            return (f"{self.name} needs an input size >= {self.min_size} and a multiple of {self.size_multiple}, "
-                    f"got {resolution}")
-        return None
-
-
-class NormalizedModel(nn.Module):
-    """Wraps a network so that it takes pixels in [0,1]: normalization is part of the model (DESIGN §4)."""
-
-    def __init__(self, net: nn.Module, entry: ModelEntry) -> None:
-        super().__init__()
-        self.net = net
-        self.entry = entry
-        self.register_buffer("mean", torch.tensor(entry.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(entry.std).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
-
-    def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
-        """The task's training loss (the entry's; client and attacker share it)."""
-        return self.entry.loss(outputs, targets)
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ModelEntry",
+    "NormalizedModel",
+    "build",
+    "get_entry",
+    "list_models",
+    "mean_cross_entropy",
+    "register_alias",
+    "register_model",
+]
 
 
 _REGISTRY: dict[str, Callable[..., ModelEntry]] = {}
@@ -95,12 +55,14 @@ def register_model(fn: Callable[..., ModelEntry]) -> Callable[..., ModelEntry]:
     return fn
 
 
-def register_alias(name: str, target: str | Callable[[], ModelEntry], **overrides: Any) -> str:
+def register_alias(name: str, target: str | Callable[..., Any], **overrides: Any) -> str:
     """Name a model defined elsewhere, with entry overrides (a test pack's input size, classes, normalization).
 
     ``target`` is a registered name, a ``package.module:function`` string or a factory returning a
-    :class:`ModelEntry`. Registering the same target and overrides again (every xdist worker imports the pack)
-    is a no-op; a built-in name, or a taken name for something else, raises :class:`InvalidCaseError`.
+    :class:`ModelEntry` or a plain ``torch.nn.Module`` (then ``default_size`` and ``num_classes`` are required
+    overrides; see :mod:`giacheck.models.factories`). Registering the same target and overrides again (every
+    xdist worker imports the pack) is a no-op; a built-in name, or a taken name for something else, raises
+    :class:`InvalidCaseError`.
     """
     _load_builtin()
     if not isinstance(name, str) or not _ALIAS_RE.match(name):
@@ -117,8 +79,11 @@ def register_alias(name: str, target: str | Callable[[], ModelEntry], **override
         return name
 
     def factory() -> ModelEntry:
-        base = get_entry(target) if isinstance(target, str) else _checked(label, _call(label, target))
-        return _replace(base, name, name=name, **overrides)
+        if isinstance(target, str):
+            entry = get_entry(target, **overrides)
+        else:
+            entry = entry_from_factory(label, target, overrides)
+        return with_overrides(entry, name, {"name": name})
 
     _ALIASES[name] = (identity, factory)
     return name
@@ -130,48 +95,29 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_entry(name: str, **overrides: object) -> ModelEntry:
-    """Look up a registered name or import a ``package.module:function``; unknown names list close matches."""
+def get_entry(name: str, **overrides: Any) -> ModelEntry:
+    """Look up a registered name or alias, or import a ``package.module:function``; unknown names list close matches.
+
+    ``overrides`` replace entry fields. A ``package.module:function`` may return a plain ``torch.nn.Module``: then
+    ``default_size`` and ``num_classes`` are required overrides and ``mean``/``std`` default to ImageNet's (see
+    :mod:`giacheck.models.factories`, which also checks its claims against the module it builds).
+    """
     _load_builtin()
     if ":" in name:
-        fn = _import_factory(name)
-    elif name in _REGISTRY:
+        return entry_from_factory(name, _import_factory(name), overrides)
+    if name in _REGISTRY:
         fn = _REGISTRY[name]
     elif name in _ALIASES:
         fn = _ALIASES[name][1]
     else:
         raise UnknownModelError(
             f"unknown model {name!r}.{close_matches(name, _REGISTRY)} Valid names: {', '.join(sorted(_REGISTRY))}; "
-            "or give 'package.module:function' returning a ModelEntry."
+            "or give 'package.module:function' returning a ModelEntry or a torch.nn.Module."
         )
-    return _replace(_checked(name, _call(name, fn)), name, **overrides)
-
-
-def _call(name: str, fn: Callable[..., Any]) -> Any:
-    """Call a model factory; whatever it raises becomes an :class:`UnknownModelError` naming the factory."""
-    try:
-        return fn()
-    except GiacheckError:
-        raise
-    except TypeError as exc:
-        raise UnknownModelError(f"{name!r} cannot be called without arguments ({exc}); a model factory takes "
-                                "no required arguments and returns a giacheck.models.ModelEntry") from None
-    except Exception as exc:
-        raise UnknownModelError(f"model factory {name!r} raised {type(exc).__name__}: {exc}") from exc
-
-
-def _checked(name: str, entry: Any) -> ModelEntry:
+    entry = call_factory(name, fn)
     if not isinstance(entry, ModelEntry):
         raise UnknownModelError(f"{name!r} returned {type(entry).__name__}, expected giacheck.models.ModelEntry")
-    return entry
-
-
-def _replace(entry: ModelEntry, label: str, /, **overrides: Any) -> ModelEntry:
-    try:
-        return dataclasses.replace(entry, **overrides)
-    except TypeError as exc:
-        valid = ", ".join(f.name for f in dataclasses.fields(ModelEntry))
-        raise InvalidCaseError(f"bad override for model {label!r}: {exc}; valid fields: {valid}") from None
+    return with_overrides(entry, name, overrides)
 
 
 def build(name: str, resolution: int, *, num_classes: int | None = None, seed: int = 0,
@@ -180,6 +126,10 @@ def build(name: str, resolution: int, *, num_classes: int | None = None, seed: i
 
     ``weights`` is a safetensors file or a ``torch.load(weights_only=True)`` state dict for the upstream network
     (see :func:`giacheck.models.weights.load_weights`); ``trust_pickle`` allows a file that needs arbitrary pickles.
+
+    Raises:
+        InvalidCaseError: ``resolution`` does not fit the model, or the entry's normalization claims contradict
+            the module it builds (:func:`giacheck.models.entry.check_claims`).
     """
     entry = get_entry(name)
     problem = entry.check_resolution(resolution)
@@ -188,6 +138,7 @@ def build(name: str, resolution: int, *, num_classes: int | None = None, seed: i
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = entry.factory(resolution, num_classes or entry.num_classes)
+    check_module(entry, net)
     if weights is not None:
         from giacheck.models.weights import load_weights
 
@@ -205,7 +156,7 @@ def _disable_stochastic_layers(net: nn.Module) -> None:
             module.drop_prob = 0.0
 
 
-def _import_factory(spec: str) -> Callable[..., ModelEntry]:
+def _import_factory(spec: str) -> Callable[..., Any]:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -25,22 +25,22 @@ def _cifar_stem_preact(net: nn.Module) -> None:
 
 
 @register_model
-def resnet18_cifar(**overrides: object) -> ModelEntry:
+def resnet18_cifar() -> ModelEntry:
     """Post-activation ResNet-18 (timm ``resnet18``) with a CIFAR stem, for 32x32 inputs."""
     return ModelEntry(
         name="resnet18_cifar", upstream="timm:resnet18",
         factory=_timm_factory("resnet18", adapt=_cifar_stem, zero_init_last=False),
         default_size=32, num_classes=10, norm_kinds=("BatchNorm2d",), has_batchnorm=True,
-        description="post-activation ResNet-18, CIFAR stem (3x3 s1 conv, no max-pool)", **overrides,
+        description="post-activation ResNet-18, CIFAR stem (3x3 s1 conv, no max-pool)",
     )
 
 
 @register_model
-def resnet18_preact_cifar(**overrides: object) -> ModelEntry:
+def resnet18_preact_cifar() -> ModelEntry:
     """Pre-activation ResNet-18 (timm ``resnetv2_18``) with a CIFAR stem, for 32x32 inputs."""
     return ModelEntry(
         name="resnet18_preact_cifar", upstream="timm:resnetv2_18",
         factory=_timm_factory("resnetv2_18", adapt=_cifar_stem_preact, zero_init_last=False),
         default_size=32, num_classes=10, norm_kinds=("BatchNorm2d",), has_batchnorm=True,
-        description="pre-activation ResNet-18 (v2), CIFAR stem (3x3 s1 conv, no max-pool)", **overrides,
+        description="pre-activation ResNet-18 (v2), CIFAR stem (3x3 s1 conv, no max-pool)",
     )

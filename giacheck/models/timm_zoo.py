@@ -22,7 +22,9 @@ backward the attack needs (DESIGN §9). ResNets keep ``zero_init_last=False`` (s
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
 
 from torch import nn
 
@@ -72,205 +74,205 @@ def _maxvit_stride1_stem(net: nn.Module) -> None:
     net.stem.conv1.stride = (1, 1)
 
 
+#: What every 32x32 entry shares: CIFAR-10's input size, classes and normalization.
+_LOWRES: Mapping[str, Any] = MappingProxyType(
+    {"default_size": 32, "num_classes": 10, "mean": CIFAR10_MEAN, "std": CIFAR10_STD})
+
+
+def _lowres_entry(*, name: str, upstream: str, factory: Factory, **metadata: Any) -> ModelEntry:
+    """An entry of a model fed 32x32 images (adapted or not): ``_LOWRES`` fills size, classes and CIFAR-10 mean/std."""
+    return ModelEntry(name=name, upstream=upstream, factory=factory, **_LOWRES, **metadata)
+
+
 # ------------------------------------------------------------------------------------------------ canonical
 @register_model
-def swin_t(**overrides: object) -> ModelEntry:
+def swin_t() -> ModelEntry:
     """Swin-T (timm ``swin_tiny_patch4_window7_224``) at 224x224, 1000 classes."""
     return ModelEntry(
         name="swin_t", upstream="timm:swin_tiny_patch4_window7_224",
         factory=_timm_factory("swin_tiny_patch4_window7_224"),
         default_size=224, num_classes=1000, sizes=(224,), norm_kinds=("LayerNorm",),
-        description="Swin-T, patch 4, window 7, canonical ImageNet resolution", **overrides,
+        description="Swin-T, patch 4, window 7, canonical ImageNet resolution",
     )
 
 
 @register_model
-def swinv2_t(**overrides: object) -> ModelEntry:
+def swinv2_t() -> ModelEntry:
     """SwinV2-T (timm ``swinv2_tiny_window8_256``) at 256x256, 1000 classes."""
     return ModelEntry(
         name="swinv2_t", upstream="timm:swinv2_tiny_window8_256", factory=_timm_factory("swinv2_tiny_window8_256"),
         default_size=256, num_classes=1000, sizes=(256,), norm_kinds=("LayerNorm",),
-        description="SwinV2-T, patch 4, window 8, canonical ImageNet resolution", **overrides,
+        description="SwinV2-T, patch 4, window 8, canonical ImageNet resolution",
     )
 
 
 @register_model
-def convnext_t(**overrides: object) -> ModelEntry:
+def convnext_t() -> ModelEntry:
     """ConvNeXt-T (timm ``convnext_tiny``) at 224x224, 1000 classes."""
     return ModelEntry(
         name="convnext_t", upstream="timm:convnext_tiny", factory=_timm_factory("convnext_tiny"),
         default_size=224, num_classes=1000, size_multiple=32, min_size=32, norm_kinds=("LayerNorm2d", "LayerNorm"),
-        description="ConvNeXt-T, 4x4 stride-4 patchify stem, canonical ImageNet resolution", **overrides,
+        description="ConvNeXt-T, 4x4 stride-4 patchify stem, canonical ImageNet resolution",
     )
 
 
 @register_model
-def maxvit_t(**overrides: object) -> ModelEntry:
+def maxvit_t() -> ModelEntry:
     """MaxViT-T (timm ``maxvit_tiny_tf_224``) at 224x224, 1000 classes."""
     return ModelEntry(
         name="maxvit_t", upstream="timm:maxvit_tiny_tf_224", factory=_timm_factory("maxvit_tiny_tf_224"),
         default_size=224, num_classes=1000, sizes=(224,), norm_kinds=("BatchNorm2d", "LayerNorm2d", "LayerNorm"),
         has_batchnorm=True, description="MaxViT-T, stride-2 stem, partition 7, canonical ImageNet resolution",
-        **overrides,
     )
 
 
 @register_model
-def vit_b16(**overrides: object) -> ModelEntry:
+def vit_b16() -> ModelEntry:
     """ViT-B/16 (timm ``vit_base_patch16_224``) at 224x224, 1000 classes."""
     return ModelEntry(
         name="vit_b16", upstream="timm:vit_base_patch16_224", factory=_timm_factory("vit_base_patch16_224"),
         default_size=224, num_classes=1000, sizes=(224,), norm_kinds=("LayerNorm",),
-        description="ViT-B/16, 16x16 patches, canonical ImageNet resolution", **overrides,
+        description="ViT-B/16, 16x16 patches, canonical ImageNet resolution",
     )
 
 
 @register_model
-def resnet18(**overrides: object) -> ModelEntry:
+def resnet18() -> ModelEntry:
     """Post-activation ResNet-18 (timm ``resnet18``, ``zero_init_last=False``) at 224x224, 1000 classes."""
     return ModelEntry(
         name="resnet18", upstream="timm:resnet18", factory=_timm_factory("resnet18", zero_init_last=False),
         default_size=224, num_classes=1000, size_multiple=32, min_size=32, norm_kinds=("BatchNorm2d",),
         has_batchnorm=True, description="post-activation ResNet-18, ImageNet stem (7x7 s2 conv + max-pool)",
-        **overrides,
     )
 
 
 @register_model
-def resnet18_preact(**overrides: object) -> ModelEntry:
+def resnet18_preact() -> ModelEntry:
     """Pre-activation ResNet-18 (timm ``resnetv2_18``, ``zero_init_last=False``) at 224x224, 1000 classes."""
     return ModelEntry(
         name="resnet18_preact", upstream="timm:resnetv2_18",
         factory=_timm_factory("resnetv2_18", zero_init_last=False),
         default_size=224, num_classes=1000, size_multiple=32, min_size=32, norm_kinds=("BatchNorm2d",),
         has_batchnorm=True, description="pre-activation ResNet-18 (v2), ImageNet stem (7x7 s2 conv + max-pool)",
-        **overrides,
     )
 
 
 # ------------------------------------------------------------------------------------- adapted to 32x32 (§4.5.3)
 @register_model
-def swin_t_cifar(**overrides: object) -> ModelEntry:
+def swin_t_cifar() -> ModelEntry:
     """Swin-T adapted to 32x32: patch 2, window 4 (depth and width of Swin-T), 10 classes."""
-    return ModelEntry(
+    return _lowres_entry(
         name="swin_t_cifar", upstream="timm:swin_tiny_patch4_window7_224",
         factory=_timm_factory("swin_tiny_patch4_window7_224", img_size=32, patch_size=2, window_size=4),
-        default_size=32, num_classes=10, sizes=(32,), mean=CIFAR10_MEAN, std=CIFAR10_STD, norm_kinds=("LayerNorm",),
-        description="Swin-T, patch 2, window 4: 16x16 tokens at 32x32", **overrides,
+        sizes=(32,), norm_kinds=("LayerNorm",), description="Swin-T, patch 2, window 4: 16x16 tokens at 32x32",
     )
 
 
 @register_model
-def swinv2_t_cifar(**overrides: object) -> ModelEntry:
+def swinv2_t_cifar() -> ModelEntry:
     """SwinV2-T adapted to 32x32: patch 2, window 4 (depth and width of SwinV2-T), 10 classes."""
-    return ModelEntry(
+    return _lowres_entry(
         name="swinv2_t_cifar", upstream="timm:swinv2_tiny_window8_256",
         factory=_timm_factory("swinv2_tiny_window8_256", img_size=32, patch_size=2, window_size=4),
-        default_size=32, num_classes=10, sizes=(32,), mean=CIFAR10_MEAN, std=CIFAR10_STD, norm_kinds=("LayerNorm",),
-        description="SwinV2-T, patch 2, window 4: 16x16 tokens at 32x32", **overrides,
+        sizes=(32,), norm_kinds=("LayerNorm",), description="SwinV2-T, patch 2, window 4: 16x16 tokens at 32x32",
     )
 
 
 @register_model
-def convnext_t_cifar(**overrides: object) -> ModelEntry:
+def convnext_t_cifar() -> ModelEntry:
     """ConvNeXt-T adapted to 32x32: 3x3 stride-1 stem conv instead of 4x4 stride 4 (paper §4.5.3), 10 classes."""
-    return ModelEntry(
+    return _lowres_entry(
         name="convnext_t_cifar", upstream="timm:convnext_tiny",
         factory=_timm_factory("convnext_tiny", adapt=_convnext_cifar_stem),
-        default_size=32, num_classes=10, size_multiple=8, min_size=8, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        norm_kinds=("LayerNorm2d", "LayerNorm"), description="ConvNeXt-T, 3x3 stride-1 stem conv", **overrides,
+        size_multiple=8, min_size=8, norm_kinds=("LayerNorm2d", "LayerNorm"),
+        description="ConvNeXt-T, 3x3 stride-1 stem conv",
     )
 
 
 @register_model
-def maxvit_t_cifar(**overrides: object) -> ModelEntry:
+def maxvit_t_cifar() -> ModelEntry:
     """MaxViT-T adapted to 32x32: built for 64x64 (partition 2) with a stride-1 stem, fed 32x32, 10 classes."""
-    return ModelEntry(
+    return _lowres_entry(
         name="maxvit_t_cifar", upstream="timm:maxvit_tiny_tf_224",
         factory=_timm_factory("maxvit_tiny_tf_224", adapt=_maxvit_stride1_stem, img_size=64),
-        default_size=32, num_classes=10, sizes=(32,), mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        norm_kinds=("BatchNorm2d", "LayerNorm2d", "LayerNorm"), has_batchnorm=True,
-        description="MaxViT-T, stride-1 stem, block/grid partition 2 (as the paper's code)", **overrides,
+        sizes=(32,), norm_kinds=("BatchNorm2d", "LayerNorm2d", "LayerNorm"), has_batchnorm=True,
+        description="MaxViT-T, stride-1 stem, block/grid partition 2 (as the paper's code)",
     )
 
 
 @register_model
-def vit_b16_cifar(**overrides: object) -> ModelEntry:
+def vit_b16_cifar() -> ModelEntry:
     """ViT-B adapted to 32x32: 4x4 patches (64 tokens), depth and width of ViT-B/16, 10 classes."""
-    return ModelEntry(
+    return _lowres_entry(
         name="vit_b16_cifar", upstream="timm:vit_base_patch16_224",
         factory=_timm_factory("vit_base_patch16_224", img_size=32, patch_size=4),
-        default_size=32, num_classes=10, sizes=(32,), mean=CIFAR10_MEAN, std=CIFAR10_STD, norm_kinds=("LayerNorm",),
-        description="ViT-B, 4x4 patches: 8x8 tokens at 32x32", **overrides,
+        sizes=(32,), norm_kinds=("LayerNorm",), description="ViT-B, 4x4 patches: 8x8 tokens at 32x32",
     )
 
 
 # ------------------------------------------------------------------------- canonical stems fed 32x32 (prior work)
 @register_model
-def swin_t_lowres_unadapted(**overrides: object) -> ModelEntry:
+def swin_t_lowres_unadapted() -> ModelEntry:
     """Swin-T with its canonical patch 4 / window 7 fed 32x32 (8x8 tokens; windows padded), 10 classes."""
-    return ModelEntry(
+    return _lowres_entry(
         name="swin_t_lowres_unadapted", upstream="timm:swin_tiny_patch4_window7_224",
         factory=_timm_factory("swin_tiny_patch4_window7_224", img_size=32),
-        default_size=32, num_classes=10, sizes=(32,), mean=CIFAR10_MEAN, std=CIFAR10_STD, norm_kinds=("LayerNorm",),
-        description="Swin-T, canonical patch 4 / window 7, fed 32x32 without adaptation", **overrides,
+        sizes=(32,), norm_kinds=("LayerNorm",),
+        description="Swin-T, canonical patch 4 / window 7, fed 32x32 without adaptation",
     )
 
 
 @register_model
-def swinv2_t_lowres_unadapted(**overrides: object) -> ModelEntry:
+def swinv2_t_lowres_unadapted() -> ModelEntry:
     """SwinV2-T with its canonical patch 4 / window 8 fed 32x32 (8x8 tokens, one window), 10 classes."""
-    return ModelEntry(
+    return _lowres_entry(
         name="swinv2_t_lowres_unadapted", upstream="timm:swinv2_tiny_window8_256",
         factory=_timm_factory("swinv2_tiny_window8_256", img_size=32),
-        default_size=32, num_classes=10, sizes=(32,), mean=CIFAR10_MEAN, std=CIFAR10_STD, norm_kinds=("LayerNorm",),
-        description="SwinV2-T, canonical patch 4 / window 8, fed 32x32 without adaptation", **overrides,
+        sizes=(32,), norm_kinds=("LayerNorm",),
+        description="SwinV2-T, canonical patch 4 / window 8, fed 32x32 without adaptation",
     )
 
 
 @register_model
-def convnext_t_lowres_unadapted(**overrides: object) -> ModelEntry:
+def convnext_t_lowres_unadapted() -> ModelEntry:
     """ConvNeXt-T with its canonical 4x4 stride-4 stem fed 32x32, 10 classes."""
-    return ModelEntry(
+    return _lowres_entry(
         name="convnext_t_lowres_unadapted", upstream="timm:convnext_tiny", factory=_timm_factory("convnext_tiny"),
-        default_size=32, num_classes=10, size_multiple=32, min_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        norm_kinds=("LayerNorm2d", "LayerNorm"),
-        description="ConvNeXt-T, canonical 4x4 stride-4 stem, fed 32x32 without adaptation", **overrides,
+        size_multiple=32, min_size=32, norm_kinds=("LayerNorm2d", "LayerNorm"),
+        description="ConvNeXt-T, canonical 4x4 stride-4 stem, fed 32x32 without adaptation",
     )
 
 
 @register_model
-def vit_b16_lowres_unadapted(**overrides: object) -> ModelEntry:
+def vit_b16_lowres_unadapted() -> ModelEntry:
     """ViT-B/16 with its canonical 16x16 patches fed 32x32 (2x2 tokens), 10 classes."""
-    return ModelEntry(
+    return _lowres_entry(
         name="vit_b16_lowres_unadapted", upstream="timm:vit_base_patch16_224",
         factory=_timm_factory("vit_base_patch16_224", img_size=32),
-        default_size=32, num_classes=10, sizes=(32,), mean=CIFAR10_MEAN, std=CIFAR10_STD, norm_kinds=("LayerNorm",),
-        description="ViT-B/16, canonical 16x16 patches, fed 32x32 without adaptation", **overrides,
+        sizes=(32,), norm_kinds=("LayerNorm",),
+        description="ViT-B/16, canonical 16x16 patches, fed 32x32 without adaptation",
     )
 
 
 @register_model
-def resnet18_lowres_unadapted(**overrides: object) -> ModelEntry:
+def resnet18_lowres_unadapted() -> ModelEntry:
     """Post-activation ResNet-18 with its ImageNet stem (7x7 s2 conv + max-pool) fed 32x32, 10 classes."""
-    return ModelEntry(
+    return _lowres_entry(
         name="resnet18_lowres_unadapted", upstream="timm:resnet18",
         factory=_timm_factory("resnet18", zero_init_last=False),
-        default_size=32, num_classes=10, size_multiple=32, min_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        norm_kinds=("BatchNorm2d",), has_batchnorm=True,
+        size_multiple=32, min_size=32, norm_kinds=("BatchNorm2d",), has_batchnorm=True,
         description="post-activation ResNet-18, ImageNet stem, fed 32x32 without adaptation (last stage 1x1: "
-                    "train-mode BN needs batch >= 2)", **overrides,
+                    "train-mode BN needs batch >= 2)",
     )
 
 
 @register_model
-def resnet18_preact_lowres_unadapted(**overrides: object) -> ModelEntry:
+def resnet18_preact_lowres_unadapted() -> ModelEntry:
     """Pre-activation ResNet-18 (v2) with its ImageNet stem fed 32x32, 10 classes."""
-    return ModelEntry(
+    return _lowres_entry(
         name="resnet18_preact_lowres_unadapted", upstream="timm:resnetv2_18",
         factory=_timm_factory("resnetv2_18", zero_init_last=False),
-        default_size=32, num_classes=10, size_multiple=32, min_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        norm_kinds=("BatchNorm2d",), has_batchnorm=True,
+        size_multiple=32, min_size=32, norm_kinds=("BatchNorm2d",), has_batchnorm=True,
         description="pre-activation ResNet-18 (v2), ImageNet stem, fed 32x32 without adaptation (last stage 1x1: "
-                    "train-mode BN needs batch >= 2)", **overrides,
+                    "train-mode BN needs batch >= 2)",
     )

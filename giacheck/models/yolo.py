@@ -43,9 +43,9 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import ModuleType, SimpleNamespace
+from types import MappingProxyType, ModuleType, SimpleNamespace
 from typing import Any
 
 import torch
@@ -256,7 +256,14 @@ def _fixed_parameters_to_buffers(net: nn.Module) -> None:
                 module.register_buffer(name, p.detach().clone())
 
 
-def _yolo_factory(variant: str):
+#: How each variant changes ``yolov8n.yaml``'s network (in place); ``plain`` keeps it.
+_VARIANTS: Mapping[str, Callable[[nn.Module], None] | None] = MappingProxyType(
+    {"plain": None, "preact": _to_preact, "basicblock": _to_basicblocks})
+
+
+def _yolo_factory(variant: str) -> Callable[[int, int], nn.Module]:
+    adapt = _VARIANTS[variant]
+
     def factory(resolution: int, num_classes: int) -> nn.Module:
         import_ultralytics()
         from ultralytics.cfg import DEFAULT_CFG, get_cfg
@@ -267,10 +274,8 @@ def _yolo_factory(variant: str):
         if strides != YOLO_STRIDES:
             raise InvalidCaseError(f"yolov8n.yaml built with strides {strides}, expected {YOLO_STRIDES}; "
                                    "this ultralytics version is not supported")
-        if variant == "preact":
-            _to_preact(net)
-        elif variant == "basicblock":
-            _to_basicblocks(net)
+        if adapt is not None:
+            adapt(net)
         _fixed_parameters_to_buffers(net)
         net.args = get_cfg(DEFAULT_CFG)  # ultralytics' own model.loss() reads the loss gains from here
         net.model[-1].register_forward_hook(_raw_head_output)
@@ -280,33 +285,33 @@ def _yolo_factory(variant: str):
     return factory
 
 
-def _yolo_entry(name: str, variant: str, description: str, overrides: dict[str, object]) -> ModelEntry:
+def _yolo_entry(name: str, variant: str, description: str) -> ModelEntry:
     return ModelEntry(
         name=name, upstream="ultralytics:yolov8n.yaml" + ("" if variant == "plain" else f" ({variant})"),
         factory=_yolo_factory(variant), default_size=256, num_classes=_COCO_CLASSES, mean=_YOLO_MEAN, std=_YOLO_STD,
         task="detection", norm_kinds=("BatchNorm2d",), has_batchnorm=True, size_multiple=32, min_size=64,
-        loss=DetectionLoss(), description=description, **overrides,
+        loss=DetectionLoss(), description=description,
     )
 
 
 @register_model
-def yolov8n(**overrides: object) -> ModelEntry:
+def yolov8n() -> ModelEntry:
     """YOLOv8-nano, unmodified ultralytics DetectionModel from yolov8n.yaml (COCO, 80 classes)."""
-    return _yolo_entry("yolov8n", "plain", "YOLOv8n detector, ultralytics yaml, detection loss", overrides)
+    return _yolo_entry("yolov8n", "plain", "YOLOv8n detector, ultralytics yaml, detection loss")
 
 
 @register_model
-def yolov8n_preact(**overrides: object) -> ModelEntry:
+def yolov8n_preact() -> ModelEntry:
     """YOLOv8-nano with pre-activation conv blocks (BN → SiLU → conv), paper §5.4."""
     return _yolo_entry("yolov8n_preact", "preact",
-                       "YOLOv8n with every Conv reordered to BN → SiLU → conv (stem: plain conv)", overrides)
+                       "YOLOv8n with every Conv reordered to BN → SiLU → conv (stem: plain conv)")
 
 
 @register_model
-def yolov8n_basicblock(**overrides: object) -> ModelEntry:
+def yolov8n_basicblock() -> ModelEntry:
     """YOLOv8-nano with every C2f block replaced by a ResNet BasicBlock, paper §5.4."""
     return _yolo_entry("yolov8n_basicblock", "basicblock",
-                       "YOLOv8n with C2f → ResNet BasicBlock (shallower, skip connections)", overrides)
+                       "YOLOv8n with C2f → ResNet BasicBlock (shallower, skip connections)")
 
 
 # ------------------------------------------------------------------------------------------------------- boxes
