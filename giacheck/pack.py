@@ -31,6 +31,7 @@ from giacheck import claims
 from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.specs import (
     AXES,
+    AXIS,
     DEFAULT_ATTACK,
     AttackSpec,
     Axis,
@@ -74,12 +75,14 @@ class Grid:
     def __post_init__(self) -> None:
         problems: list[str] = []
         for axis in GRID_AXES:
-            given = _tuple(getattr(self, axis.grid))
+            raw = getattr(self, axis.grid)
             try:
+                given = _tuple(raw)
                 values = tuple(_grid_value(axis, v) for v in given)
-            except (ValueError, InvalidCaseError):
+            except (TypeError, ValueError, InvalidCaseError):
                 valid = _GRID_VALID.get(axis.key) or ", ".join(axis.choices)
-                problems.append(f"{axis.grid}={list(given)} (valid: {valid})")
+                shown = list(_tuple(raw)) if isinstance(raw, str | tuple | list) else raw
+                problems.append(f"{axis.grid}={shown!r} (valid: {valid})")
                 continue
             if not values:
                 problems.append(f"{axis.grid} is empty (give at least one value)")
@@ -90,14 +93,14 @@ class Grid:
             raise InvalidPackError("invalid grid: " + "; ".join(problems))
 
     def cases(self, model: ModelSpec, *, attack: str = DEFAULT_ATTACK) -> Iterator[Case]:
-        """Every combination for ``model`` attacked by ``attack``, in a stable order (the grammar's axes')."""
+        """Every combination for ``model`` attacked by ``attack``, in a stable order (the order of Grid's fields)."""
         lists = [[_grid_value(axis, v) for v in getattr(self, axis.grid)] for axis in GRID_AXES]
         for combination in itertools.product(*lists):
             values = dict(zip((axis.key for axis in GRID_AXES), combination, strict=True))
             yield Case.from_axes({"model": model.name, "res": model.resolution, "attack": attack, **values})
 
 
-GRID_AXES = tuple(axis for axis in AXES if axis.grid)
+GRID_AXES = tuple(next(a for a in AXES if a.grid == f.name) for f in dataclasses.fields(Grid))  # Grid's order
 _GRID_VALID = {"bs": "positive integers", "update": "fedsgd, fedavgK with K >= 1 local steps",
                "defences": "defence chains such as clip1.5 or clip1.5+identity, '' for none"}
 
@@ -159,6 +162,9 @@ class Rule:
     where: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.where, str):
+            raise InvalidPackError(f"rule {self.text!r}: where={self.where!r} (valid: '' for every configuration, "
+                                   "or conditions such as 'bs>=8,bn=train')")
         value = self.max_ssim
         if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= value <= 1.0:
             raise InvalidPackError(f"rule {self.text!r}: max_ssim={value!r} (valid: a number in [-1, 1])")
@@ -181,8 +187,25 @@ class Rule:
                 value = int(value)
             elif m["op"] not in ("=", "!="):
                 raise InvalidPackError(f"rule {self.text!r}: {m['key']} takes = or !=, not {m['op']!r}")
+            else:
+                value = self._spelled(m["key"], value)
             out.append((m["key"], _OPS[m["op"]], value))
         return out
+
+    def _spelled(self, key: str, value: str) -> str:
+        """A value as case ids spell it (``fedavg`` is ``fedavg1``, ``clip1.50`` is ``clip1.5``); a value the
+        axis cannot take is refused, so that a typo cannot make a rule silently cover nothing."""
+        axis = AXIS[key]
+        if key == "defences" and value == "":
+            return ""
+        try:
+            if not re.fullmatch(axis.pattern, value):
+                raise ValueError(value)
+            return axis.write(axis.read(value))
+        except (ValueError, InvalidCaseError):
+            valid = ", ".join(axis.choices) or axis.valid
+            raise InvalidPackError(f"rule {self.text!r}: {key}={value!r} is not a value of {key} "
+                                   f"(valid: {valid})") from None
 
     def applies(self, case: Case) -> bool:
         return all(op(_KEYS[key](case), value) for key, op, value in self.conditions())
@@ -191,7 +214,7 @@ class Rule:
 # ------------------------------------------------------------------------------------------------ the pack
 def default_control(input_size: int) -> str:
     """The cheapest positive control at (about) the pack's resolution: DLG's sigmoid LeNet, inference mode, bs1
-    (SSIM 0.86 at 32 px and 0.90 at 16 px on the smoke budget, a few seconds on a CPU)."""
+    (a few seconds on a CPU)."""
     size = input_size if input_size % 4 == 0 and 8 <= input_size <= 64 else 32
     return f"lenet_sigmoid-{size}-bn_eval-bs1-stats_none"
 

@@ -84,6 +84,7 @@ class Threat(_Part):
     inferred_labels: list[int] | None = None
     proxy: ProxyChoiceRecord | None = None
     init_ssim: float | None = None  # controlled initialization: SSIM of the start (a diagnostic)
+    defences: list[dict[str, Any]] | None = None  # the client's defence chain, known to the server: token, params
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}  # unset parts left out

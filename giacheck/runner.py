@@ -29,6 +29,7 @@ from giacheck.attack.bnstats import elements_per_channel
 from giacheck.attack.objective import Replica
 from giacheck.client import ClientUpdate, bn_modules, simulate_update
 from giacheck.data import ImageBatch, ImageSource, disjoint_pool, open_source
+from giacheck.defences import make_defences
 from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.models import ModelEntry, build, get_entry
 from giacheck.provenance import manifest
@@ -132,8 +133,10 @@ def _attacker_knowledge(s: _Setup, update: ClientUpdate) -> _Knowledge:
     if s.case.init_p is not None:
         init = controlled_init(s.batch.images, s.case.init_p, restarts=s.spec.restarts, seed=s.options.seed)
         init_ssim = metrics.match_and_score(init[0], s.batch.images).ssim_mean
+    defences = [{"token": d.token, "name": d.name, "stage": str(d.stage), "params": d.params()}
+                for d in make_defences(s.case.client.defences)]
     threat = Threat(stats=str(s.case.threat.stats), labels=str(s.case.threat.labels), label_accuracy=accuracy,
-                    inferred_labels=inferred, proxy=proxy, init_ssim=init_ssim)
+                    inferred_labels=inferred, proxy=proxy, init_ssim=init_ssim, defences=defences or None)
     return _Knowledge(labels=labels, stats=stats, init=init, threat=threat)
 
 

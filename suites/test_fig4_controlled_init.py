@@ -22,7 +22,7 @@ from giacheck.specs import AttackSpec, RunOptions, case_id
 LADDER = [round(0.1 * i, 1) for i in range(11)]
 NOISY = 0.6  # starts with p >= NOISY hold fewer than 40 % of the true pixels
 # The robust models with the client BN mode of the paper's realistic pipeline: MaxViT-T is the one with BatchNorm,
-# and with an inference-mode update it is not robust at all (SSIM 0.760 from noise, see test_table1_lowres).
+# and with an inference-mode update it is not robust at all (see test_table1_lowres).
 ROBUST = {"vit_b16_cifar": "eval", "maxvit_t_cifar": "train", "convnext_t_cifar": "eval"}  # model: client BN mode
 GAIN_LIMIT = 0.1  # "gains little": reconstruction SSIM at most this much above the initialization's
 

@@ -256,3 +256,20 @@ def test_scaffolded_module_rebuilds_the_same_pack(tmp_path: Path) -> None:
     assert rebuilt.case_ids() == pack.case_ids()
     readme = written["readme"].read_text()
     assert "acme_roundtrip-16-bn_eval-bs8-stats_none" in readme and "Not applicable" in readme
+
+
+@pytest.mark.parametrize(("where", "match"), [
+    ("bn=trian", r"bn='trian' is not a value of bn \(valid: train, eval\)"),
+    ("stats=exakt", r"stats='exakt' is not a value of stats"),
+    ("update=sgd", r"update='sgd' is not a value of update"),
+])
+def test_rule_values_must_be_values_of_their_axis(where: str, match: str) -> None:
+    """A typo must not make a rule silently cover nothing."""
+    with pytest.raises(InvalidPackError, match=match):
+        Rule("r", max_ssim=0.1, where=where)
+
+
+def test_rule_values_are_read_as_ids_spell_them() -> None:
+    case = Case.parse("m-16-bn_eval-bs1-stats_none-upd_fedavg1-def_clip1.5")
+    assert Rule("r", max_ssim=0.1, where="update=fedavg,defences=clip1.50").applies(case)
+    assert not Rule("r", max_ssim=0.1, where="defences=").applies(case)
