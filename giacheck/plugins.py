@@ -9,11 +9,11 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from giacheck.errors import GiacheckError, close_matches
 
-__all__ = ["Registry", "UnknownPluginError"]
+__all__ = ["Registry", "UnknownPluginError", "import_object"]
 
 T = TypeVar("T")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -24,6 +24,24 @@ class UnknownPluginError(GiacheckError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+def import_object(spec: str, kind: str, *, error: type[Exception] = UnknownPluginError,
+                  form: str = "package.module:Name") -> Any:
+    """The object ``package.module:Name`` names; a module that does not import (or fails while importing) or
+    lacks the name raises ``error`` naming ``kind``, the module and the cause."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise error(f"{kind} {spec!r}: cannot import module {module_name!r} ({exc}); give '{form}' for a module "
+                    "on sys.path") from exc
+    except Exception as exc:  # a module that fails while importing: name it, keep the cause
+        raise error(f"{kind} {spec!r}: importing module {module_name!r} raised {type(exc).__name__}: {exc}") from exc
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise error(f"{kind} {spec!r}: module {module_name!r} has no {attr!r}")
+    return obj
 
 
 class Registry(Generic[T]):
@@ -68,16 +86,7 @@ class Registry(Generic[T]):
             f"{', '.join(self.names())}; or 'package.module:Name' for one of your own.")
 
     def _import(self, spec: str) -> T:
-        module_name, _, attr = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UnknownPluginError(f"{self.kind} {spec!r}: cannot import module {module_name!r} ({exc}); give "
-                                     "'package.module:Name' for a module on sys.path") from exc
-        obj = getattr(module, attr, None)
-        if obj is None:
-            raise UnknownPluginError(f"{self.kind} {spec!r}: module {module_name!r} has no {attr!r}")
-        return obj
+        return import_object(spec, self.kind)
 
     def _load(self) -> None:
         if self._builtins is not None:

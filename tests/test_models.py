@@ -221,7 +221,7 @@ def test_module_function_missing_module() -> None:
 
 
 def test_module_function_missing_function(vendor_module: str) -> None:
-    with pytest.raises(UnknownModelError, match="has no callable 'nope'"):
+    with pytest.raises(UnknownModelError, match="has no 'nope'"):
         get_entry(f"{vendor_module}:nope")
 
 

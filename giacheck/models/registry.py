@@ -7,7 +7,6 @@ function returning a :class:`ModelEntry` or a plain ``torch.nn.Module`` (:mod:`g
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from giacheck.models.entry import (
     mean_cross_entropy,
 )
 from giacheck.models.factories import call_factory, entry_from_factory, with_overrides
+from giacheck.plugins import import_object
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -157,17 +157,9 @@ def _disable_stochastic_layers(net: nn.Module) -> None:
 
 
 def _import_factory(spec: str) -> Callable[..., Any]:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UnknownModelError(f"model {spec!r}: cannot import module {module_name!r} ({exc}); give "
-                                "'package.module:function' for a module on sys.path") from exc
-    except Exception as exc:  # a module that fails while importing: name it, keep the cause
-        raise UnknownModelError(f"model {spec!r}: importing module {module_name!r} raised "
-                                f"{type(exc).__name__}: {exc}") from exc
-    fn = getattr(module, attr, None)
+    fn = import_object(spec, "model", error=UnknownModelError, form="package.module:function")
     if not callable(fn):
+        module_name, _, attr = spec.partition(":")
         raise UnknownModelError(f"model {spec!r}: module {module_name!r} has no callable {attr!r}")
     return fn
 
