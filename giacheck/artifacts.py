@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from giacheck.jsonio import write_json_atomic
+from giacheck.jsonio import write_bytes_atomic, write_json_atomic
 
 __all__ = ["save_pair_png", "save_result", "write_json_atomic"]
 
@@ -20,8 +21,9 @@ def save_pair_png(original: torch.Tensor, reconstruction: torch.Tensor, path: Pa
     grid = torch.cat(rows, dim=1)  # (3, 2H, B·W)
     array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     image = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes_atomic(buffer.getvalue(), path)
     return path
 
 

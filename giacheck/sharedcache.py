@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from giacheck.jsonio import write_bytes_atomic
 
 try:
     import fcntl
@@ -87,6 +89,6 @@ class SharedResults:
     def _save(path: Path, payload: dict[str, Any]) -> None:
         import torch
 
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        write_bytes_atomic(buffer.getvalue(), path)
