@@ -367,7 +367,7 @@ def test_own(gia):
     assert sorted(r["case_id"] for r in journal) == [f"{CHEAP}-atk_echo", f"{CHEAP}-atk_other"]
     result = pytester.runpytest_subprocess("--giacheck-attack", "ecco")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--giacheck-attack='ecco': unknown attack. Did you mean: echo? Valid: echo, "
+    result.stderr.fnmatch_lines(["*--giacheck-attack='ecco': unknown attack 'ecco'. Did you mean: echo? Valid: echo, "
                                  "gradmatch, other*"])
 
 

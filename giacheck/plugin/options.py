@@ -88,24 +88,19 @@ def validate(config: pytest.Config) -> None:
 
 
 def validate_attack(config: pytest.Config) -> None:
-    """An unknown ``--giacheck-attack`` name is a usage error listing the registered ones.
-
-    Only names without ``:`` are checked (``package.module:Name`` is imported when first used), and only when
-    the attack registry exists; it imports torch, so this runs only when the option is given.
-    """
+    """An unknown ``--giacheck-attack`` name is a usage error with the registry's own message (valid names and
+    close matches). ``package.module:Name`` is imported when first used; the registry imports torch, so this
+    runs only when the option is given."""
     name = option(config, "attack")
     if not name or ":" in name:
         return
-    try:
-        from giacheck.attack.registry import list_attacks
-    except ImportError:
-        return
-    valid = list_attacks()
-    if name not in valid:
-        from giacheck.errors import close_matches
+    from giacheck.attack.registry import ATTACKS
+    from giacheck.errors import GiacheckError
 
-        raise pytest.UsageError(f"--giacheck-attack={name!r}: unknown attack.{close_matches(name, valid)} Valid: "
-                                f"{', '.join(valid)}; or 'package.module:Name' for one of your own")
+    try:
+        ATTACKS.get(name)
+    except GiacheckError as exc:
+        raise pytest.UsageError(f"--giacheck-attack={name!r}: {exc}") from None
 
 
 def cpu_threads(config: pytest.Config) -> tuple[int, bool]:
