@@ -351,7 +351,7 @@ def test_audit_refuses_a_report_folder_it_did_not_write(tmp_path: Path, capsys: 
 # ------------------------------------------------------------------------------------------------ bad input
 BAD_INPUT = [
     (["--model", "nosuchpkg.mod:fn"], "cannot import module 'nosuchpkg.mod'"),
-    (["--model", "tinymod:nothing"], "module 'tinymod' has no callable 'nothing'"),
+    (["--model", "tinymod:nothing"], "module 'tinymod' has no 'nothing'"),
     (["--model", "tinymod:broken"], "model factory 'tinymod:broken' raised RuntimeError: weights server unreachable"),
     (["--model", "lenet_sigmoid", "--bn", "train"], "bn_train on lenet_sigmoid_pack, which has no BatchNorm"),
     (["--batch-sizes", "0"], "batch_sizes=[0] (valid: positive integers)"),

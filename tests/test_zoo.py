@@ -524,7 +524,7 @@ def test_unknown_name_lists_close_matches(typo: str, expected: str) -> None:
     assert expected in message.split("Did you mean: ")[1].split("?")[0]
 
 
-@pytest.mark.parametrize("spec, match", [("giacheck.models.yolo:no_such_factory", "has no callable 'no_such_factory'"),
+@pytest.mark.parametrize("spec, match", [("giacheck.models.yolo:no_such_factory", "has no 'no_such_factory'"),
                                          ("giacheck.models.yolo:YOLO_STRIDES", "has no callable 'YOLO_STRIDES'"),
                                          ("giacheck_no_such_package.zoo:net", "cannot import module")])
 def test_bad_module_function(spec: str, match: str) -> None:
