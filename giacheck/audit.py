@@ -24,13 +24,14 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from giacheck import claims
 from giacheck.claims import ClaimKind, ClaimResult, Verdict
 from giacheck.errors import GiacheckError
 from giacheck.jsonio import Journal
 from giacheck.outputs import check_output_folder, claim_outputs
 from giacheck.pack import Pack
 from giacheck.records import RESULTS_JSON, RESULTS_JSONL, BaselineCheck, BaselineStatus, CaseRecord, write_results
-from giacheck.specs import get_profile
+from giacheck.specs import Case, get_profile
 
 __all__ = ["AuditOutcome", "EXIT_INCONCLUSIVE", "EXIT_LEAKS", "EXIT_OK", "WRITER", "exit_code", "run_audit"]
 
@@ -50,6 +51,7 @@ class AuditOutcome:
     cases: tuple[CaseRecord, ...]  # control first
     not_applicable: tuple[tuple[str, str], ...]
     files: dict[str, Path]
+    challenge: str = ""  # the private images and seeds every configuration ran over
 
     @property
     def leaking(self) -> list[str]:
@@ -57,7 +59,7 @@ class AuditOutcome:
 
     @property
     def verdict(self) -> str:
-        return {EXIT_OK: "no configuration leaks above its threshold",
+        return {EXIT_OK: "no configuration leaks an identifiable image",
                 EXIT_LEAKS: f"LEAKS: {', '.join(self.leaking)}",
                 EXIT_INCONCLUSIVE: "INCONCLUSIVE: the positive control did not reconstruct under this budget"
                 }[self.exit_code]
@@ -65,10 +67,12 @@ class AuditOutcome:
     def summary(self, pack: Pack) -> list[str]:
         """The lines an auditor reads first: verdict and exit status, rules, control, what was left out."""
         lines = [f"Audit of {pack.model} ({pack.name}): {self.verdict} (exit {self.exit_code})."]
-        lines += [f"Rule: {rule.text} (SSIM ≤ {rule.max_ssim:g}{f' where {rule.where}' if rule.where else ''})."
-                  for rule in pack.rules]
-        lines.append(f"Positive control: {pack.control_id} must reach SSIM ≥ {pack.control_min_ssim:g} under the "
-                     "same budget, or the rules prove nothing.")
+        lines += [f"Rule: {rule.text} (no image re-identified"
+                  f"{f'; every image SSIM ≤ {rule.max_ssim:g}' if rule.max_ssim is not None else ''}"
+                  f"{f' where {rule.where}' if rule.where else ''})." for rule in pack.rules]
+        lines.append(f"Positive control: {pack.control_id} must re-identify an image under the same budget and "
+                     "challenge set, or the rules prove nothing.")
+        lines.append(f"Challenge set: {self.challenge}.")
         lines += [f"Not applicable: {case_id} ({why})." for case_id, why in self.not_applicable]
         return lines
 
@@ -84,7 +88,8 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
     Raises:
         GiacheckError: bad input, before any compute (see the module docstring).
     """
-    from giacheck.artifacts import save_result
+    from giacheck.challenge import CaseTrials, trial_options
+    from giacheck.models import get_entry
     from giacheck.runner import resolve_device, run_case
 
     out = Path(out)
@@ -96,6 +101,7 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
     stream = stream or sys.stderr
     bar = _Progress(len(plan.cases) + 1, stream, enabled=stream.isatty() if progress is None else progress)
     options = pack.run_options()
+    challenge = get_profile(profile).challenge
     artifacts = out / profile / pack.name
     out.mkdir(parents=True, exist_ok=True)
     claim_outputs(out, WRITER, [RESULTS_JSON, RESULTS_JSONL, profile])  # before any compute: a rerun may replace
@@ -103,30 +109,45 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
     journal = Journal(out / RESULTS_JSONL, fresh=False)
     records: list[CaseRecord] = []
 
-    def record(result: Any, claim: ClaimResult, wall: float) -> None:
-        save_result(result, artifacts)
-        case = CaseRecord.from_result(result, suite=pack.name, profile=profile, claim=claim, baseline=NOT_CHECKED,
-                                      wall_s=wall, origin="computed", outcome="passed" if claim.passed else "failed")
+    def record(trials: CaseTrials, claim: ClaimResult, wall: float) -> None:
+        trials.save(artifacts)
+        case = CaseRecord.from_result(trials.to_dict(), suite=pack.name, profile=profile, claim=claim,
+                                      baseline=NOT_CHECKED, wall_s=wall, origin="computed",
+                                      outcome="passed" if claim.passed else "failed")
         records.append(case)
         journal.append(case.to_json())
-        bar.step(f"{case.case_id}: SSIM {case.scores.ssim_mean:.3f} {claim.verdict}")
+        worst = trials.evidence.worst
+        bar.step(f"{case.case_id}: worst image SSIM {worst.ssim:.3f} p {worst.p_value:.3g} {claim.verdict}")
+
+    def run(case: Any) -> tuple[CaseTrials, float]:
+        start = time.perf_counter()
+        entry = get_entry(Case.parse(case).model.name if isinstance(case, str) else case.model.name)
+        results = [run_case(case, profile=profile, device=device, options=o)
+                   for o in trial_options(options, challenge, num_classes=entry.num_classes, task=entry.task)]
+        return CaseTrials.of(results, selection=challenge.selection), time.perf_counter() - start
 
     try:
-        start = time.perf_counter()
-        control_result = run_case(pack.control_id, profile=profile, device=device, options=options)
-        control = pack.control_claim(control_result.ssim_mean)
-        record(control_result, control, time.perf_counter() - start)
+        control_trials, wall = run(pack.control_id)
+        control = claims.feasible(control_trials.evidence)
+        record(control_trials, control, wall)
         for case in plan.cases:
-            start = time.perf_counter()
-            result = run_case(case, profile=profile, device=device, options=options)
-            record(result, pack.judge(case.id, result.ssim_mean, control), time.perf_counter() - start)
+            trials, wall = run(case)
+            record(trials, pack.judge(trials.evidence, control), wall)
     finally:
         bar.close()
     files = {"results": write_results(records, out / RESULTS_JSON, profile=profile), "journal": journal.path}
     outcome = AuditOutcome(exit_code=exit_code(records), cases=tuple(records),
-                           not_applicable=plan.not_applicable, files=files)
+                           not_applicable=plan.not_applicable, files=files,
+                           challenge=_shown_challenge(options, challenge))
     files.update(_report(out, outcome.summary(pack)))
     return outcome
+
+
+def _shown_challenge(options: Any, challenge: Any) -> str:
+    from giacheck.challenge import trial_options
+
+    images = dict.fromkeys(o.image for o in trial_options(options, challenge))
+    return f"images {', '.join(map(str, images))} × seeds {', '.join(map(str, challenge.seeds))}"
 
 
 def exit_code(records: Iterable[CaseRecord]) -> int:

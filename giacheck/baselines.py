@@ -16,12 +16,23 @@ from typing import Any
 from giacheck import claims
 from giacheck.errors import BaselineError
 from giacheck.jsonio import round_floats, write_json_atomic
-from giacheck.records import BaselineCheck, BaselineStatus, IdentityChange, attack_identity, identity_changes
+from giacheck.records import (
+    BaselineCheck,
+    BaselineStatus,
+    IdentityChange,
+    attack_identity,
+    identity_changes,
+    lookup,
+)
 
 __all__ = ["BASELINE_KEYS", "BaselineStore", "check_baseline", "round_floats"]
 
 BASELINE_KEYS = ("case_id", "profile", "ssim", "psnr", "secondary", "objective", "grad_distance", "iterations",
-                 "restarts", "seed", "selection", "oracle", "attack", "threat", "manifest", "timings")
+                 "restarts", "seed", "selection", "oracle", "attack", "threat", "manifest", "timings", "reid", "truth",
+                 "challenge")
+# The statistics of a challenge set a baseline compares: (label, dotted path, two-sided for a positive control).
+# A result without a challenge set (written before them) compares its SSIM mean.
+_STATISTICS = (("worst-image SSIM", "challenge.worst_ssim", False), ("median SSIM", "challenge.median_ssim", True))
 
 
 class BaselineStore:
@@ -101,7 +112,10 @@ def check_baseline(store: BaselineStore, suite: str, result: Mapping[str, Any], 
         recorded = store.load(suite, case_id)
     except BaselineError as exc:
         return BaselineCheck(status=BaselineStatus.CORRUPT, passed=False, message=str(exc), path=str(path))
-    value = float(recorded["ssim"]["mean"]) if recorded is not None else None
+    value = None
+    if recorded is not None:  # the recorded worst-image SSIM (the SSIM mean of a baseline without a challenge set)
+        worst = lookup(recorded, "challenge.worst_ssim")
+        value = float(worst if isinstance(worst, int | float) else recorded["ssim"]["mean"])
     changed = identity_changes(store.identity(recorded), attack_identity(result)) if recorded is not None else ()
     if update:
         was = f" (it was recorded under {_under(changed, 'recorded')})" if changed else ""
@@ -119,10 +133,19 @@ def check_baseline(store: BaselineStore, suite: str, result: Mapping[str, Any], 
                                  f"recorded under {_under((c,), 'recorded')}, this run {_under((c,), 'current')}"
                                  for c in changed) + "; rerun with --giacheck-update to re-record (the file was "
                                  "left untouched; its SSIM was not compared)")
-    check = claims.baseline_check(case_id, float(result["ssim"]["mean"]), recorded=value, tolerance=tolerance,
-                                  positive=positive)
-    return BaselineCheck(status=BaselineStatus.PASS if check.passed else BaselineStatus.FAIL, passed=check.passed,
-                         message=check.message, path=str(path), recorded=value)
+    checks = [claims.baseline_check(f"{case_id} ({label})", float(lookup(result, path)),
+                                    recorded=float(lookup(recorded, path)), tolerance=tolerance,
+                                    positive=positive and two_sided)
+              for label, path, two_sided in _statistics(recorded, result)]
+    passed = all(c.passed for c in checks)
+    return BaselineCheck(status=BaselineStatus.PASS if passed else BaselineStatus.FAIL, passed=passed,
+                         message="; ".join(c.message for c in checks), path=str(path), recorded=value)
+
+
+def _statistics(recorded: Mapping[str, Any], result: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """What to compare: the challenge set's statistics where both sides have them, else the SSIM mean."""
+    both = all(isinstance(lookup(d, p), int | float) for d in (recorded, result) for _, p, _ in _STATISTICS)
+    return list(_STATISTICS) if both else [("SSIM mean", "ssim.mean", True)]
 
 
 def _under(changes: Iterable[IdentityChange], side: str) -> str:

@@ -1,9 +1,13 @@
 """Claim kinds and their verdicts (DESIGN §6). Pure Python: no torch, so it is cheap to import and test.
 
-- ``feasible``: a positive control, SSIM at least a threshold;
-- ``infeasible``: SSIM at most a threshold, conclusive **only** when its paired positive control passed under
-  the same budget — otherwise *inconclusive*, which fails, never passes;
-- ``ordering``: one case leaks more than another by a margin;
+Every claim judges the :class:`giacheck.verdicts.Evidence` of a challenge set (re-identification against
+chance, worst case over images and seeds); SSIM values are reported, never compared with a fixed cutoff.
+
+- ``feasible``: a positive control, some image re-identified at family-wise level α;
+- ``infeasible``: no image re-identified, conclusive **only** when its paired positive control (and the
+  same-architecture enabler control, where there is one) re-identified under the same budget — otherwise
+  *inconclusive*, which fails, never passes; labelled attack- or information-limited;
+- ``ordering``: one case leaks more than another on the same private images, by a median margin;
 - ``baseline``: measured SSIM against the recorded value — one-sided for leakage (fails when SSIM rises above
   recorded + tolerance); positive controls also fail when the attack got weaker (below recorded − tolerance).
 
@@ -13,10 +17,12 @@ Messages read like a report: measured, threshold, recorded, tolerance, case id.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from enum import StrEnum
 
 from giacheck.errors import GiacheckError
+from giacheck.verdicts import Evidence, Limitation
 
 __all__ = ["ClaimKind", "ClaimResult", "InvalidToleranceError", "Verdict", "baseline_check", "check_tolerance",
            "feasible", "infeasible", "ordering", "regression", "shown_verdict"]
@@ -75,58 +81,77 @@ class ClaimResult:
         return self.verdict is Verdict.PASS
 
 
-def feasible(case_id: str, ssim: float, *, min_ssim: float) -> ClaimResult:
-    """A positive control: the attack reconstructs (SSIM ≥ ``min_ssim``)."""
-    ok = ssim >= min_ssim
+def feasible(evidence: Evidence) -> ClaimResult:
+    """A positive control: some image of the challenge set is re-identified at family-wise level α."""
+    ok = evidence.leaks
     return ClaimResult(
-        kind=ClaimKind.FEASIBLE, case_id=case_id, verdict=Verdict.PASS if ok else Verdict.FAIL, measured=ssim,
-        threshold=min_ssim,
-        message=f"{case_id}: feasible claim {'holds' if ok else 'FAILS'} — measured SSIM {ssim:.3f} "
-                f"{'≥' if ok else '<'} threshold {min_ssim:.3f}",
+        kind=ClaimKind.FEASIBLE, case_id=evidence.case_id, verdict=Verdict.PASS if ok else Verdict.FAIL,
+        measured=evidence.worst.ssim, threshold=evidence.test.threshold,
+        message=f"{evidence.case_id}: feasible claim {'holds' if ok else 'FAILS'} (re-identified: "
+                f"{'yes' if ok else 'no'}) — {evidence.describe()}",
     )
 
 
-def infeasible(case_id: str, ssim: float, *, max_ssim: float, control: ClaimResult) -> ClaimResult:
-    """The attack fails (SSIM ≤ ``max_ssim``) — conclusive only if ``control`` (a feasible claim) passed."""
-    if control.kind != ClaimKind.FEASIBLE:
-        raise ValueError(f"the control of an infeasible claim must be a feasible claim, got {str(control.kind)!r}")
-    if not control.passed:
-        return ClaimResult(
-            kind=ClaimKind.INFEASIBLE, case_id=case_id, verdict=Verdict.INCONCLUSIVE, measured=ssim,
-            threshold=max_ssim,
-            message=f"{case_id}: INCONCLUSIVE — measured SSIM {ssim:.3f}, but the paired positive control "
-                    f"{control.case_id} reached only {control.measured:.3f} < {control.threshold:.3f} under the "
-                    "same budget: an attack that reconstructs nothing proves nothing",
-        )
-    ok = ssim <= max_ssim
-    return ClaimResult(
-        kind=ClaimKind.INFEASIBLE, case_id=case_id, verdict=Verdict.PASS if ok else Verdict.FAIL, measured=ssim,
-        threshold=max_ssim,
-        message=f"{case_id}: infeasible claim {'holds' if ok else 'FAILS'} — measured SSIM {ssim:.3f} "
-                f"{'≤' if ok else '>'} threshold {max_ssim:.3f} (control {control.case_id}: {control.measured:.3f})",
-    )
-
-
-def ordering(high_id: str, high: float, low_id: str, low: float, *, margin: float,
-             min_high: float = 0.0) -> ClaimResult:
-    """``high_id`` leaks more than ``low_id``: SSIM(high) ≥ SSIM(low) + ``margin``.
-
-    Two failed reconstructions compare noise: when SSIM(high) < ``min_high`` the ordering is *inconclusive*.
+def infeasible(evidence: Evidence, *, control: ClaimResult, enabler: ClaimResult | None = None,
+               needs: Limitation | None = None) -> ClaimResult:
+    """No image of the challenge set is re-identified — conclusive only when ``control`` (a feasible claim under
+    the same budget, pool and tuning) and, where the suite has one, ``enabler`` (the same architecture with the
+    enabler the claim is about: an unadapted stem, an inference-mode update, batch size 1) re-identify. With
+    ``needs`` the negative must also be of that kind (an information-limited claim refuses an optimizer failure).
     """
-    if high < min_high:
-        return ClaimResult(
-            kind=ClaimKind.ORDERING, case_id=f"{high_id} > {low_id}", verdict=Verdict.INCONCLUSIVE,
-            measured=high - low, threshold=margin,
-            message=f"ordering {high_id} ({high:.3f}) > {low_id} ({low:.3f}): INCONCLUSIVE — the higher side "
-                    f"reconstructs nothing (SSIM {high:.3f} < {min_high:.3f}); comparing two failures compares noise",
-        )
-    ok = high >= low + margin
-    return ClaimResult(
-        kind=ClaimKind.ORDERING, case_id=f"{high_id} > {low_id}", verdict=Verdict.PASS if ok else Verdict.FAIL,
-        measured=high - low, threshold=margin,
-        message=f"ordering {high_id} ({high:.3f}) > {low_id} ({low:.3f}) by ≥ {margin:.3f}: "
-                f"{'holds' if ok else 'FAILS'} (difference {high - low:+.3f})",
-    )
+    controls = [c for c in (control, enabler) if c is not None]
+    for c in controls:
+        if c.kind != ClaimKind.FEASIBLE:
+            raise ValueError(f"the control of an infeasible claim must be a feasible claim, got {str(c.kind)!r}")
+    failed = [c for c in controls if not c.passed]
+    base = dict(kind=ClaimKind.INFEASIBLE, case_id=evidence.case_id, measured=evidence.worst.ssim,
+                threshold=evidence.test.threshold)
+    if failed:
+        names = ", ".join(f"{c.case_id} (worst SSIM {c.measured:.3f})" for c in failed)
+        return ClaimResult(**base, verdict=Verdict.INCONCLUSIVE, message=(
+            f"{evidence.case_id}: INCONCLUSIVE — {evidence.describe()}; but the paired control(s) {names} did not "
+            "re-identify under the same budget: an attack that reconstructs nothing proves nothing"))
+    shown = ", ".join(c.case_id for c in controls)
+    if evidence.powerless:
+        return ClaimResult(**base, verdict=Verdict.INCONCLUSIVE, message=(
+            f"{evidence.case_id}: INCONCLUSIVE — the held-out pool ({evidence.worst.pool_size} views) is too small "
+            f"for any of the {evidence.test.tested} images to reach p ≤ {evidence.test.threshold:.3g}: this "
+            "challenge set can show no leak, so its silence is no evidence; use a source with more images "
+            "(--data) or fewer images per case"))
+    if evidence.leaks:
+        return ClaimResult(**base, verdict=Verdict.FAIL, message=(
+            f"{evidence.case_id}: infeasible claim FAILS (re-identified) — {evidence.describe()} (controls {shown})"))
+    limitation = evidence.limitation
+    if needs is not None and limitation is not needs:
+        return ClaimResult(**base, verdict=Verdict.INCONCLUSIVE, message=(
+            f"{evidence.case_id}: INCONCLUSIVE — not re-identified, but {limitation}, and the claim needs {needs}: "
+            f"{evidence.describe()}"))
+    return ClaimResult(**base, verdict=Verdict.PASS, message=(
+        f"{evidence.case_id}: infeasible claim holds ({limitation}; not re-identified) — {evidence.describe()} "
+        f"(controls {shown} re-identify)"))
+
+
+def ordering(high: Evidence, low: Evidence, *, margin: float) -> ClaimResult:
+    """``high`` leaks more than ``low``: on the private images both ran, the median over images of
+    SSIM(high) − SSIM(low) is at least ``margin``. Inconclusive unless ``high`` is re-identified: comparing two
+    failures compares noise."""
+    shared = [image for image in high.trial_images if image in low.trial_images]
+    name = f"{high.case_id} > {low.case_id}"
+    if not shared:
+        raise ValueError(f"ordering {name}: the two cases share no private image; run them on one challenge set")
+    differences = [high.ssim_of(image) - low.ssim_of(image) for image in shared]
+    difference = statistics.median(differences)
+    shown = ", ".join(f"{image} {high.ssim_of(image):.3f} vs {low.ssim_of(image):.3f}" for image in shared)
+    if not high.leaks:
+        return ClaimResult(kind=ClaimKind.ORDERING, case_id=name, verdict=Verdict.INCONCLUSIVE, measured=difference,
+                           threshold=margin, message=(
+                               f"ordering {name}: INCONCLUSIVE — the higher side is not re-identified "
+                               f"({high.describe()}); comparing two failures compares noise ({shown})"))
+    ok = difference >= margin
+    return ClaimResult(kind=ClaimKind.ORDERING, case_id=name, verdict=Verdict.PASS if ok else Verdict.FAIL,
+                       measured=difference, threshold=margin, message=(
+                           f"ordering {name} by ≥ {margin:.3f}: {'holds' if ok else 'FAILS'} (median paired "
+                           f"difference {difference:+.3f} over {len(shared)} images: {shown})"))
 
 
 def baseline_check(case_id: str, ssim: float, *, recorded: float, tolerance: float, positive: bool) -> ClaimResult:
@@ -153,11 +178,12 @@ def baseline_check(case_id: str, ssim: float, *, recorded: float, tolerance: flo
     )
 
 
-def regression(case_id: str, ssim: float) -> ClaimResult:
+def regression(evidence: Evidence) -> ClaimResult:
     """A pipeline regression: no feasibility verdict at this budget; only the baseline check applies."""
-    return ClaimResult(kind=ClaimKind.REGRESSION, case_id=case_id, verdict=Verdict.PASS, measured=ssim,
-                       threshold=None,
-                       message=f"{case_id}: pipeline regression only (no verdict at this budget), SSIM {ssim:.3f}")
+    return ClaimResult(kind=ClaimKind.REGRESSION, case_id=evidence.case_id, verdict=Verdict.PASS,
+                       measured=evidence.worst.ssim, threshold=None,
+                       message=f"{evidence.case_id}: pipeline regression only (no verdict at this budget) — "
+                               f"{evidence.describe()}")
 
 
 def shown_verdict(claim: str | None, verdict: str | None, outcome: str | None) -> str:

@@ -41,6 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument("--out", type=Path, help="write <case-id>.png (original above reconstruction) and .json here")
 
+    run.add_argument("--image", help="the private image the client's batch starts with (a name in the source; "
+                                     "default: the source's first)")
+
+    challenge = sub.add_parser("challenge", help="rank candidate private images by vulnerability on a reference "
+                                                 "case (Appendix A), by the attack's own update distance only")
+    challenge.add_argument("reference", help="reference case id, e.g. resnet18_cifar-32-bn_eval-bs1-stats_none")
+    challenge.add_argument("candidates", nargs="+", help="candidate image names in the source")
+    challenge.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+    challenge.add_argument("--device", default="cpu")
+    challenge.add_argument("--data", default="bundled")
+    challenge.add_argument("--iterations", type=int, default=100, help="iterations of each short attack")
+    challenge.add_argument("--seed", type=int, default=0)
+
     bench = sub.add_parser("bench", help="measure attack cost ratios (see giacheck.bench)")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--steps", type=int, default=10, help="iterations per timed run")
@@ -195,7 +208,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     attack = get_profile(args.profile).attack
     overrides = {k: v for k, v in (("iterations", args.iterations), ("restarts", args.restarts)) if v is not None}
     attack = dataclasses.replace(attack, **overrides)
-    options = RunOptions(seed=args.seed, data=args.data, budget=attack)
+    options = RunOptions(seed=args.seed, data=args.data, budget=attack, image=args.image)
     case = Case.parse(args.case_id)
     if args.attack and case.attack == DEFAULT_ATTACK:
         case = case.with_(attack=args.attack)
@@ -209,6 +222,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{result.case_id}: SSIM mean {result.ssim_mean:.3f} max {result.ssim_max:.3f} "
               f"(secondary patch-matched {result.patch_ssim_mean:.3f}), update distance {result.grad_distance:.4f}, "
               f"{result.iterations} iterations x {result.restarts} restarts in {result.timings.attack_s:.1f} s")
+        for name, reid in zip(result.manifest.images, result.reid.per_image, strict=True):
+            print(f"  {name}: re-identification rank {reid['rank']} of {reid['pool_size'] + 1}, z {reid['z']:+.1f}, "
+                  f"p {reid['p_value']:.3g} (pool chance q95 {reid['chance_q95']:.3f}, max {reid['chance_max']:.3f})")
+        truth = result.truth.objective
+        print(f"  objective {result.objective:.4f}; at the private images (auditor diagnostic) "
+              f"{'n/a' if truth is None else f'{truth:.4f}'}")
+    return 0
+
+
+def _cmd_challenge(args: argparse.Namespace) -> int:
+    from giacheck.challenge import rank_candidates
+
+    Case.parse(args.reference)
+    ranked = rank_candidates(args.reference, args.candidates, profile=args.profile, device=args.device,
+                             data=args.data, iterations=args.iterations, seed=args.seed)
+    print(f"candidates by final update distance on {args.reference} after {args.iterations} iterations "
+          "(most vulnerable first; no SSIM is read):")
+    for c in ranked:
+        print(f"  {c.image:24} update distance {c.grad_distance:.5f}  objective {c.objective:.5f}")
     return 0
 
 
@@ -284,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     commands = {"run": _cmd_run, "bench": _cmd_bench, "models": _cmd_models, "report": _cmd_report,
-                "audit": _cmd_audit, "init-pack": _cmd_init_pack}
+                "audit": _cmd_audit, "init-pack": _cmd_init_pack, "challenge": _cmd_challenge}
     if os.getcwd() not in sys.path:  # console scripts do not put it there; `module:function` models live here
         sys.path.insert(0, os.getcwd())
     try:

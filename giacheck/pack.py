@@ -5,15 +5,18 @@ A pack is a plain pytest module (``giacheck init-pack`` scaffolds one)::
     PACK = Pack(
         name="acme_classifier", model="acme.models:classifier", input_size=32, num_classes=10,
         grid=Grid(batch_sizes=(1, 8), bn=("train", "eval"), stats=("none", "exact")),
-        rules=(Rule("no configuration exceeds SSIM 0.3", max_ssim=0.3),
-               Rule("bs >= 8 is infeasible", max_ssim=0.1, where="bs>=8")),
+        rules=(Rule("no configuration leaks an identifiable image"),
+               Rule("bs >= 8 stays below SSIM 0.1 on every image", max_ssim=0.1, where="bs>=8")),
         baselines=Path(__file__).parent / "baselines",
     )
 
-Every configuration of the grid becomes a case; each is checked against the rules that apply to it (an
-infeasibility claim, conclusive only when the pack's positive control reconstructs under the same budget) and
-against its recorded baseline, with the same flags as the suites (``--giacheck-update`` …). A configuration no
-rule covers is recorded as a regression (baseline only). ``giacheck audit`` runs the same grid without pytest.
+Every configuration of the grid becomes a case, run over the profile's challenge set (several private images
+and seeds) and judged on its most leaking image: a rule holds when no image of any trial is re-identified
+against chance (:mod:`giacheck.verdicts`) and, when the rule sets ``max_ssim``, no image's SSIM exceeds it (a
+batch mean never hides one leaked image). A rule is conclusive only when the pack's positive control
+re-identifies under the same budget. Each case is also checked against its recorded baseline, with the same
+flags as the suites (``--giacheck-update`` …). A configuration no rule covers is recorded as a regression
+(baseline only). ``giacheck audit`` runs the same grid without pytest.
 """
 
 from __future__ import annotations
@@ -42,10 +45,10 @@ from giacheck.specs import (
     RunOptions,
     StatsAccess,
 )
+from giacheck.verdicts import Evidence
 
-__all__ = ["CONTROL_MIN_SSIM", "Grid", "InvalidPackError", "Pack", "Rule", "default_control"]
+__all__ = ["Grid", "InvalidPackError", "Pack", "Rule", "default_control"]
 
-CONTROL_MIN_SSIM = 0.6  # the positive control must reach this (the suites' FEASIBLE level)
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -149,7 +152,8 @@ _NUMERIC = {axis.key for axis in AXES if axis.numeric} | {"steps"}
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """What must hold: every configuration matching ``where`` keeps SSIM at or below ``max_ssim``.
+    """What must hold: no configuration matching ``where`` leaks an identifiable image (no image of any trial is
+    re-identified at the verdict's α), and, when ``max_ssim`` is set, every image's SSIM stays at or below it.
 
     ``where`` is empty (every configuration) or conditions joined by ``,`` (and): ``bs>=8``,
     ``bn=train,stats=exact``, ``update!=fedsgd``, ``defences=clip1``. Keys: every axis of the case grammar
@@ -158,7 +162,7 @@ class Rule:
 
     text: str
     _: KW_ONLY
-    max_ssim: float
+    max_ssim: float | None = None  # an extra cutoff on the most leaking image's SSIM (never on a batch mean)
     where: str = ""
 
     def __post_init__(self) -> None:
@@ -166,8 +170,9 @@ class Rule:
             raise InvalidPackError(f"rule {self.text!r}: where={self.where!r} (valid: '' for every configuration, "
                                    "or conditions such as 'bs>=8,bn=train')")
         value = self.max_ssim
-        if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= value <= 1.0:
-            raise InvalidPackError(f"rule {self.text!r}: max_ssim={value!r} (valid: a number in [-1, 1])")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not -1.0 <= value <= 1.0):
+            raise InvalidPackError(f"rule {self.text!r}: max_ssim={value!r} (valid: None, or a number in [-1, 1])")
         self.conditions()  # validate now, not in the middle of a run
 
     def conditions(self) -> list[tuple[str, Callable[[Any, Any], bool], Any]]:
@@ -237,7 +242,7 @@ class Pack:
         input_size / num_classes / mean / std: override the entry's (``None``: keep them).
         grid: deployment settings; rules: what must hold.
         control: the positive control's case id (default: :func:`default_control` at the input size); every
-            infeasibility rule is conclusive only when this reconstructs under the same budget.
+            rule is conclusive only when this re-identifies an image under the same budget and challenge set.
         baselines: the baselines root (``<root>/<profile>/<name>/<case-id>.json``); ``None``: the run's
             ``--giacheck-baselines``. ``Path(__file__).parent / "baselines"`` keeps them beside the pack, also
             when the pack is an installed package shipping them as package data.
@@ -256,7 +261,6 @@ class Pack:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     control: str | None = None
-    control_min_ssim: float = CONTROL_MIN_SSIM
     baselines: Path | str | None = None
     data: str = "bundled"
     seed: int = 0
@@ -375,17 +379,22 @@ class Pack:
         case = Case.parse(case_id)
         return [rule for rule in self.rules if rule.applies(case)]
 
-    def control_claim(self, ssim: float) -> claims.ClaimResult:
-        return claims.feasible(self.control_id, ssim, min_ssim=self.control_min_ssim)
-
-    def judge(self, case_id: str, ssim: float, control: claims.ClaimResult | None) -> claims.ClaimResult:
-        """The verdict of one configuration: the strictest rule that applies (an infeasibility claim with the
-        control), or a regression when no rule covers it."""
-        rules = self.rules_for(case_id)
+    def judge(self, evidence: Evidence, control: claims.ClaimResult | None) -> claims.ClaimResult:
+        """The verdict of one configuration on its most leaking image: every rule that applies (an infeasibility
+        claim with the control), the first that fails deciding; a regression when no rule covers it."""
+        rules = self.rules_for(evidence.case_id)
         if not rules:
-            return claims.regression(case_id, ssim)
+            return claims.regression(evidence)
         if control is None:
-            raise ValueError(f"{case_id}: rules apply, so the positive control's claim is needed")
-        rule = min(rules, key=lambda r: r.max_ssim)
-        claim = claims.infeasible(case_id, ssim, max_ssim=rule.max_ssim, control=control)
-        return dataclasses.replace(claim, message=f"rule {rule.text!r}: {claim.message}")
+            raise ValueError(f"{evidence.case_id}: rules apply, so the positive control's claim is needed")
+        claim = claims.infeasible(evidence, control=control)
+        worst_ssim = max(image.ssim for image in evidence.images)
+        for rule in rules:
+            # above the vendor's own cutoff is a leak whatever the control or the pool: no negative is claimed
+            if claim.verdict is not claims.Verdict.FAIL and rule.max_ssim is not None and worst_ssim > rule.max_ssim:
+                worst = max(evidence.images, key=lambda i: i.ssim)
+                return dataclasses.replace(claim, verdict=claims.Verdict.FAIL, message=(
+                    f"rule {rule.text!r}: {evidence.case_id}: FAILS — image {worst.image}#{worst.position} (seed "
+                    f"{worst.seed}) reaches SSIM {worst_ssim:.3f} > {rule.max_ssim:g}; {evidence.describe()}"))
+        texts = "; ".join(repr(rule.text) for rule in rules)
+        return dataclasses.replace(claim, message=f"rule(s) {texts}: {claim.message}")

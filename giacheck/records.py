@@ -27,7 +27,8 @@ from giacheck.jsonio import parse_json, read_json, round_floats, write_json_atom
 from giacheck.specs import BUDGET_FIELDS, DEFAULT_ATTACK
 
 __all__ = ["IDENTITY_FIELDS", "RESULTS_JSON", "RESULTS_JSONL", "SCHEMA", "BaselineCheck", "BaselineStatus",
-           "CaseRecord", "IdentityChange", "RecordError", "Scores", "attack_identity", "identity_changes",
+           "CaseRecord", "EvidenceSummary", "IdentityChange", "RecordError", "Scores", "attack_identity",
+           "identity_changes", "lookup",
            "is_records_document", "read_records", "records_from", "write_results"]
 
 log = logging.getLogger("giacheck.records")
@@ -40,6 +41,7 @@ IDENTITY_FIELDS: tuple[tuple[str, str], ...] = (
     ("attack", "attack.name"),
     *((name, f"attack.{name}") for name in BUDGET_FIELDS),
     ("profile", "profile"),
+    ("challenge", "challenge.set"),
 )
 # What a file written before a field was recorded was run with (every baseline then came from the built-in attack
 # with the cosine distance), so that upgrading giacheck does not turn unchanged baselines stale.
@@ -62,7 +64,8 @@ class BaselineStatus(StrEnum):
     NOT_CHECKED = "not checked"
 
 
-def _lookup(data: Any, dotted: str) -> Any:
+def lookup(data: Any, dotted: str) -> Any:
+    """The value at a dotted path of nested mappings (``challenge.worst_ssim``), None where absent."""
     for part in dotted.split("."):
         if not isinstance(data, Mapping):
             return None
@@ -73,7 +76,7 @@ def _lookup(data: Any, dotted: str) -> Any:
 def attack_identity(result: Mapping[str, Any]) -> dict[str, Any]:
     """``{label: value}`` of :data:`IDENTITY_FIELDS` in a result dict (None where absent), floats rounded as in
     baseline files, so that a recorded identity compares equal to the run that recorded it."""
-    values = {label: round_floats(_lookup(result, path)) for label, path in IDENTITY_FIELDS}
+    values = {label: round_floats(lookup(result, path)) for label, path in IDENTITY_FIELDS}
     return {label: IDENTITY_DEFAULTS.get(label) if value is None else value for label, value in values.items()}
 
 
@@ -154,7 +157,7 @@ class Scores:
         per_image = ssim.get("per_image", list, default=[])
         if not all(_is_number(v) for v in per_image):
             raise RecordError(f"{where}: 'ssim.per_image' is {per_image!r}, expected numbers")
-        optional = {name: _number_or_none(_lookup(result, path)) for name, path in _OPTIONAL_SCORES.items()}
+        optional = {name: _number_or_none(lookup(result, path)) for name, path in _OPTIONAL_SCORES.items()}
         return cls(ssim=tuple(float(v) for v in per_image), ssim_mean=float(ssim.number("mean", label="ssim.mean")),
                    ssim_max=float(ssim.number("max", label="ssim.max")), **optional)
 
@@ -170,6 +173,55 @@ class Scores:
         optional = {name: read.number(name, default=None) for name in _OPTIONAL_SCORES}
         return cls(ssim=tuple(float(v) for v in per_image), ssim_mean=float(read.number("ssim_mean")),
                    ssim_max=float(read.number("ssim_max")), **optional)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvidenceSummary:
+    """What a verdict rests on (``result["challenge"]``, :class:`giacheck.verdicts.Evidence`), as tables show it."""
+
+    trials: int  # k images × s seeds
+    tested: int  # images scored (trials × batch size)
+    reidentified: int
+    worst_image: str
+    worst_ssim: float  # the most leaking image's SSIM
+    rank: int
+    pool_size: int
+    z: float
+    p_value: float
+    chance_q95: float
+    content: str  # semantic, displaced, none
+    limitation: str  # attack-limited, information-limited, unknown
+    objective: float
+    truth_objective: float | None
+
+    @classmethod
+    def of(cls, result: Mapping[str, Any]) -> EvidenceSummary | None:
+        """The summary of a result dict with a challenge set; None for one without (or a malformed one)."""
+        challenge = result.get("challenge")
+        if not isinstance(challenge, Mapping) or not isinstance(challenge.get("worst"), Mapping):
+            return None
+        w = challenge["worst"]
+        try:
+            return cls(trials=int(challenge["trials"]), tested=int(challenge["tested"]),
+                       reidentified=int(challenge["reidentified"]), worst_image=str(w["image"]),
+                       worst_ssim=float(w["ssim"]), rank=int(w["rank"]), pool_size=int(w["pool_size"]),
+                       z=float(w["z"]), p_value=float(w["p_value"]), chance_q95=float(w["chance_q95"]),
+                       content=str(challenge["content"]), limitation=str(challenge["limitation"]),
+                       objective=float(w["objective"]), truth_objective=_number_or_none(w.get("truth_objective")))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @property
+    def shown_rank(self) -> str:
+        return f"{self.rank}/{self.pool_size + 1}"
+
+    @property
+    def shown_objective(self) -> str:
+        """``0.0040 ≤ 0.0058`` (reached the truth's objective) or ``0.3900 > 0.0058``."""
+        if self.truth_objective is None:
+            return f"{self.objective:.4f} (truth n/a)"
+        sign = "≤" if self.limitation == "information-limited" else ">"
+        return f"{self.objective:.4f} {sign} {self.truth_objective:.4f}"
 
 
 class _HasToDict(Protocol):
@@ -234,6 +286,11 @@ class CaseRecord:
     @property
     def shown_baseline(self) -> str:
         return self.baseline.shown if self.baseline is not None else "—"
+
+    @property
+    def evidence(self) -> EvidenceSummary | None:
+        """The challenge set's evidence (None for a record of a single run)."""
+        return EvidenceSummary.of(self.result)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as strings); :meth:`from_json` reads it back to an equal record."""

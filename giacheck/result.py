@@ -17,7 +17,7 @@ import torch
 from giacheck.jsonio import finite
 from giacheck.specs import AttackSpec, Selection
 
-__all__ = ["AttackInfo", "Manifest", "Oracle", "ProxyChoiceRecord", "Result", "Threat", "Timings"]
+__all__ = ["AttackInfo", "Manifest", "Oracle", "ProxyChoiceRecord", "Reid", "Result", "Threat", "Timings", "Truth"]
 
 
 class _Part:
@@ -65,6 +65,25 @@ class Oracle(_Part):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Truth(_Part):
+    """The attack's objective at the true images: an auditor-side diagnostic (:mod:`giacheck.diagnostics`)."""
+
+    objective: float | None  # None: the attack does not expose its objective
+    note: str = "attack objective at the private images: a scoring-side diagnostic, never seen by the attack"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reid(_Part):
+    """Re-identification of each reconstructed image against a held-out pool (:mod:`giacheck.reid`), in the
+    order of the private images; ``image`` names the trial's private image (the first of its batch)."""
+
+    image: str
+    per_image: list[dict[str, Any]]  # giacheck.reid.Reidentification.to_dict(), one per private image
+    pool_size: int
+    pool: str  # what the pool is: its source and what it excludes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyChoiceRecord:
     """Which auxiliary batch gave the proxy statistics, and every candidate's update distance."""
 
@@ -84,6 +103,8 @@ class Threat(_Part):
     inferred_labels: list[int] | None = None
     proxy: ProxyChoiceRecord | None = None
     init_ssim: float | None = None  # controlled initialization: SSIM of the start (a diagnostic)
+    init_fraction: float | None = None  # the fraction of pixels replaced to give that start (giacheck.ladder)
+    denoised_ssim: float | None = None  # the best gradient-free denoiser of the start (giacheck.ladder)
     defences: list[dict[str, Any]] | None = None  # the client's defence chain, known to the server: token, params
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +151,8 @@ class Manifest(_Part):
         return cls(**{**data, "images": tuple(data["images"])})
 
 
-_PARTS = {"attack": AttackInfo, "oracle": Oracle, "threat": Threat, "timings": Timings, "manifest": Manifest}
+_PARTS = {"attack": AttackInfo, "oracle": Oracle, "threat": Threat, "timings": Timings, "manifest": Manifest,
+          "reid": Reid, "truth": Truth}
 _TENSOR_FIELDS = ("original", "reconstruction")
 _TUPLE_FIELDS = ("ssim", "psnr", "patch_ssim", "curve")
 
@@ -156,6 +178,8 @@ class Result:
     threat: Threat
     timings: Timings
     manifest: Manifest
+    reid: Reid
+    truth: Truth
     original: torch.Tensor = field(repr=False)
     reconstruction: torch.Tensor = field(repr=False)
 

@@ -28,17 +28,20 @@ from giacheck.attack import (
 from giacheck.attack.bnstats import elements_per_channel
 from giacheck.attack.objective import Replica
 from giacheck.client import ClientUpdate, bn_modules, simulate_update
-from giacheck.data import ImageBatch, ImageSource, disjoint_pool, open_source
+from giacheck.data import ImageBatch, ImageSource, disjoint_pool, heldout_pool, open_source, pool_limit
 from giacheck.defences import make_defences
+from giacheck.diagnostics import truth_objective
 from giacheck.errors import GiacheckError, InvalidCaseError
+from giacheck.ladder import controlled_init, denoised_ssim, ladder_init
 from giacheck.models import ModelEntry, build, get_entry
 from giacheck.provenance import manifest
-from giacheck.result import AttackInfo, Oracle, ProxyChoiceRecord, Result, Threat, Timings
+from giacheck.reid import reidentify_batch
+from giacheck.result import AttackInfo, Oracle, ProxyChoiceRecord, Reid, Result, Threat, Timings, Truth
 from giacheck.specs import AttackSpec, BNMode, Case, LabelKnowledge, RunOptions, Selection, StatsAccess, get_profile
 from giacheck.tasks import Task, get_task
 from giacheck.validation import check_case
 
-__all__ = ["Result", "controlled_init", "resolve_device", "run_case"]
+__all__ = ["Result", "controlled_init", "resolve_device", "run_case"]  # controlled_init: from giacheck.ladder
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +70,7 @@ class _Knowledge:
     stats: NormTarget | None
     init: torch.Tensor | None
     threat: Threat
+    auxiliary: tuple[str, ...] = ()  # images of the source the attacker used (proxy pool): kept out of the reid pool
 
 
 def run_case(
@@ -99,7 +103,9 @@ def run_case(
                        seed=setup.options.seed)
     _check_reconstruction(rec, setup.case, setup.spec, tuple(setup.batch.images.shape))
     marks.append(time.perf_counter())
-    return _score(setup, rec, knowledge, marks)
+    truth = truth_objective(setup.case.attack, setup.spec, setup.model, update, setup.batch.images,
+                            labels=knowledge.labels, stats=knowledge.stats)  # after the attack returned
+    return _score(setup, rec, knowledge, truth, marks)
 
 
 def _prepare(case: Case, profile: str, device: str, options: RunOptions) -> _Setup:
@@ -111,7 +117,8 @@ def _prepare(case: Case, profile: str, device: str, options: RunOptions) -> _Set
     check_case(case, entry=entry, source=source)
     attack = make_attack(case.attack, spec if task.batchable_trials else replace(spec, batched_restarts=False))
     torch_device = resolve_device(device)
-    batch = task.client_batch(source, batch_size=case.client.batch_size, size=case.model.resolution)
+    batch = task.client_batch(source, batch_size=case.client.batch_size, size=case.model.resolution,
+                              first=options.image)
     model = build(case.model.name, case.model.resolution, seed=options.seed).to(torch_device)
     if case.client.bn_mode is BNMode.TRAIN:
         _check_train_mode_bn(model, tuple(batch.images.shape), case)
@@ -129,25 +136,35 @@ def _attacker_knowledge(s: _Setup, update: ClientUpdate) -> _Knowledge:
     else:
         labels = s.labels
     stats, proxy = _stats_target(s, update, labels)
-    init = init_ssim = None
+    init = init_ssim = fraction = denoised = None
     if s.case.init_p is not None:
-        init = controlled_init(s.batch.images, s.case.init_p, restarts=s.spec.restarts, seed=s.options.seed)
+        init, fraction = ladder_init(s.batch.images, s.case.init_p, restarts=s.spec.restarts, seed=s.options.seed)
         init_ssim = metrics.match_and_score(init[0], s.batch.images).ssim_mean
+        denoised = denoised_ssim(init[0], s.batch.images)
     defences = [{"token": d.token, "name": d.name, "stage": str(d.stage), "params": d.params()}
                 for d in make_defences(s.case.client.defences)]
     threat = Threat(stats=str(s.case.threat.stats), labels=str(s.case.threat.labels), label_accuracy=accuracy,
-                    inferred_labels=inferred, proxy=proxy, init_ssim=init_ssim, defences=defences or None)
-    return _Knowledge(labels=labels, stats=stats, init=init, threat=threat)
+                    inferred_labels=inferred, proxy=proxy, init_ssim=init_ssim, init_fraction=fraction,
+                    denoised_ssim=denoised, defences=defences or None)
+    return _Knowledge(labels=labels, stats=stats, init=init, threat=threat,
+                      auxiliary=tuple(proxy.pool) if proxy is not None else ())
 
 
-def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, marks: list[float]) -> Result:
-    """Match and score the selected restart against the private images (the only use of ground truth)."""
+def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, truth: float | None,
+           marks: list[float]) -> Result:
+    """Match and score the selected restart against the private images (the only use of ground truth), and
+    re-identify each matched image against a held-out pool disjoint from the client's and the attacker's images."""
     original = s.batch.images
     per_restart = [metrics.match_and_score(rec.images[r], original) for r in range(s.spec.restarts)]
     scores = per_restart[rec.selected]
     oracle_index = max(range(s.spec.restarts), key=lambda r: per_restart[r].ssim_mean)
     patch = max(4, s.case.model.resolution // 8)
     patch_ssim = metrics.patch_matched_ssim_batch(rec.best, original, patch=patch, perm=scores.perm)
+    matched = rec.best[list(scores.perm)].cpu()  # reordered: matched[j] is the reconstruction of original[j]
+    excluded = (*s.batch.names, *knowledge.auxiliary)
+    size = s.case.model.resolution
+    pool = heldout_pool(s.source, exclude=list(excluded), size=size, limit=pool_limit(size))
+    reids = reidentify_batch(matched, original.cpu(), pool.images, patch=patch)
     marks.append(time.perf_counter())
     build_s, client_s, prepare_s, attack_s, metrics_s = (b - a for a, b in itertools.pairwise(marks))
     return Result(
@@ -172,20 +189,13 @@ def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, marks: list[fl
                         total_s=marks[-1] - marks[0]),
         manifest=manifest(s.device, s.options.seed, data=s.source.name, images=s.batch.names,
                           model=s.entry.upstream),
+        reid=Reid(image=s.batch.names[0], per_image=[r.to_dict() for r in reids], pool_size=len(pool.names),
+                  pool=f"{s.source.name}: {len(pool.names)} views of images other than the client's "
+                       f"{len(s.batch.names)} and the attacker's {len(knowledge.auxiliary)} auxiliary ones"),
+        truth=Truth(objective=truth),
         original=original.cpu(),
-        reconstruction=rec.best[list(scores.perm)].cpu(),  # reordered: reconstruction[j] matches original[j]
+        reconstruction=matched,
     )
-
-
-def controlled_init(images: torch.Tensor, p: float, *, restarts: int, seed: int) -> torch.Tensor:
-    """The paper's controlled initialization (§5.3): each restart starts from the true images with a
-    fraction ``p`` of pixels (all channels of a pixel together) replaced by uniform noise. A diagnostic."""
-    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
-    out = images.detach().cpu().unsqueeze(0).repeat(restarts, 1, 1, 1, 1)
-    r, b, _c, h, w = out.shape
-    mask = (torch.rand(r, b, 1, h, w, generator=gen) < p).expand_as(out)
-    noise = torch.rand(out.shape, generator=gen)
-    return torch.where(mask, noise, out)
 
 
 def _check_train_mode_bn(model: torch.nn.Module, input_shape: tuple[int, ...], case: Case) -> None:

@@ -12,7 +12,7 @@ One table, :data:`AXES`, spells the grammar: it generates ``Case.id``, ``Case.pa
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -31,6 +31,7 @@ __all__ = [
     "ModelSpec",
     "Profile",
     "RunOptions",
+    "ChallengeSet",
     "case_id",
     "Selection",
     "StatsAccess",
@@ -188,11 +189,14 @@ class RunOptions:
         seed: seeds the model initialization, the attack's noise and any controlled initialization.
         data: image source spec (see :func:`giacheck.data.open_source`).
         budget: attack hyper-parameters and budget overriding the profile's.
+        image: the private image the client's batch starts with (a name in the source; None: the source's first
+            eligible image). One trial of a challenge set (:class:`ChallengeSet`).
     """
 
     seed: int = 0
     data: str = "bundled"
     budget: AttackSpec | None = None
+    image: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -201,6 +205,49 @@ class RunOptions:
             raise InvalidCaseError(f"data={self.data!r} (valid: bundled, imagefolder:PATH, cifar10:PATH)")
         if self.budget is not None and not isinstance(self.budget, AttackSpec):
             raise InvalidCaseError(f"budget={self.budget!r} (valid: a giacheck.specs.AttackSpec or None)")
+        if self.image is not None and (not isinstance(self.image, str) or not self.image):
+            raise InvalidCaseError(f"image={self.image!r} (valid: the name of an image in the source, or None)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChallengeSet:
+    """The private images and attack seeds a verdict is the worst case over: one trial per (image, seed).
+
+    Args:
+        images: names of the private images in the bundled source, each the first image of one trial's batch;
+            another source (``--data``) uses its first ``count`` images in source order instead.
+        count: how many images a source other than the bundled one contributes.
+        seeds: attack (and model-initialization) seeds; every image runs under every seed.
+        selection: how the images were chosen, recorded with every verdict.
+    """
+
+    images: tuple[str, ...] = ()
+    count: int = 1
+    seeds: tuple[int, ...] = (0,)
+    selection: str = "the source's first images"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "images", tuple(self.images))
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        problems = []
+        if not all(isinstance(name, str) and name for name in self.images):
+            problems.append(f"images={self.images!r} (valid: image names)")
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            problems.append(f"count={self.count!r} (valid: an int >= 1)")
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63
+                                 for s in self.seeds):
+            problems.append(f"seeds={self.seeds!r} (valid: one or more ints in [0, 2**63))")
+        if problems:
+            raise InvalidCaseError("invalid challenge set: " + "; ".join(problems))
+
+    def names(self, data: str, available: Sequence[str]) -> tuple[str, ...]:
+        """The private images for source ``data`` whose eligible image names are ``available`` (in source order):
+        :attr:`images` for the bundled source when all are eligible (a detection case needs box annotations),
+        else the first :attr:`count` available."""
+        if data == "bundled" and self.images and all(name in available for name in self.images):
+            return self.images
+        return tuple(available[: self.count])
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -398,23 +445,36 @@ class Profile:
     attack: AttackSpec
     needs_gpu: bool
     description: str
+    challenge: ChallengeSet = field(default_factory=ChallengeSet)
 
+
+# Appendix A's vulnerable-sample selection, without ground truth: the five natural photographs of the bundled
+# source outside the tuning images (astronaut, chelsea, coffee), ranked by the final update distance of a
+# 100-iteration attack on the positive control (`giacheck challenge resnet18_cifar-32-bn_eval-bs1-stats_none
+# rocket bus zidane motorcycle hubble_deep_field`, 2026-12-02): hubble_deep_field 0.0148, rocket 0.0229,
+# zidane 0.0333, bus 0.0398, motorcycle 0.0486. Each profile takes the most vulnerable first.
+CHALLENGE_SELECTION = ("most vulnerable of rocket, bus, zidane, motorcycle, hubble_deep_field by the update distance "
+                       "of a 100-iteration attack on resnet18_cifar-32-bn_eval-bs1-stats_none (no SSIM read)")
+SMOKE_CHALLENGE = ("hubble_deep_field", "rocket")
+PAPER_CHALLENGE = ("hubble_deep_field", "rocket", "zidane")
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         attack=AttackSpec(iterations=400, restarts=1, lr=0.1, tv_weight=3e-2),
         needs_gpu=False,
-        description=("CPU, CI-sized: 32x32 adapted models, 400 iterations, one restart. TV 3e-2 and 400 iterations "
-                     "were chosen by SSIM on resnet18_cifar eval bs1 over bundled images 0-2, which hold the private "
-                     "image of every bs1 case: the positive control is oracle-tuned; the values apply to every case "
-                     "alike"),
+        description=("CPU, CI-sized: 32x32 adapted models, 400 iterations, one restart, 2 private images x 1 seed. "
+                     "TV 3e-2 and 400 iterations were chosen by SSIM on resnet18_cifar eval bs1 over bundled images "
+                     "0-2 (astronaut, chelsea, coffee), which are outside every challenge set"),
+        challenge=ChallengeSet(images=SMOKE_CHALLENGE, count=2, seeds=(0,), selection=CHALLENGE_SELECTION),
     ),
     "paper": Profile(
         name="paper",
         attack=AttackSpec(iterations=4000, restarts=8, lr=0.1, tv_weight=3e-2),
         needs_gpu=True,
-        description="GPU: canonical resolutions, thousands of iterations, several restarts",
+        description="GPU: canonical resolutions, thousands of iterations, several restarts, 3 private images x 3 "
+                    "seeds",
+        challenge=ChallengeSet(images=PAPER_CHALLENGE, count=3, seeds=(0, 1, 2), selection=CHALLENGE_SELECTION),
     ),
 }
 

@@ -27,8 +27,10 @@ class Task(Protocol):
     batchable_trials: bool  # restarts may run batched (vmap) through the model and its loss
     labels_inferable: bool  # the labels can be inferred from the update (iDLG, giacheck.attack.labels)
 
-    def client_batch(self, source: ImageSource, *, batch_size: int, size: int) -> ImageBatch:
-        """The client's private batch, drawn from the eligible images of ``source``."""
+    def client_batch(self, source: ImageSource, *, batch_size: int, size: int,
+                     first: str | None = None) -> ImageBatch:
+        """The client's private batch, drawn from the eligible images of ``source`` (starting with the image
+        named ``first``, when given: one trial of a challenge set)."""
         ...
 
     def targets(self, batch: ImageBatch, device: torch.device) -> Any:
@@ -56,8 +58,9 @@ class Classification:
     batchable_trials = True
     labels_inferable = True
 
-    def client_batch(self, source: ImageSource, *, batch_size: int, size: int) -> ImageBatch:
-        return select_batch(source, batch_size=batch_size, size=size)
+    def client_batch(self, source: ImageSource, *, batch_size: int, size: int,
+                     first: str | None = None) -> ImageBatch:
+        return select_batch(source, batch_size=batch_size, size=size, first=first)
 
     def targets(self, batch: ImageBatch, device: torch.device) -> torch.Tensor:
         return batch.labels.to(device)
@@ -71,15 +74,30 @@ class Detection:
     batchable_trials = False
     labels_inferable = False
 
-    def client_batch(self, source: ImageSource, *, batch_size: int, size: int) -> ImageBatch:
+    def client_batch(self, source: ImageSource, *, batch_size: int, size: int,
+                     first: str | None = None) -> ImageBatch:
         from giacheck.models.yolo import annotated_images
 
         annotated = annotated_images()
-        indices = [i for i in range(len(source)) if source.image_name(i) in annotated][:batch_size]
+        if first is not None and first not in annotated:
+            raise DatasetError(f"a detection case's private image must have box annotations; {first!r} has none "
+                               f"(valid: {', '.join(sorted(annotated))})")
+        eligible = [i for i in range(len(source)) if source.image_name(i) in annotated]
+        if first is not None:
+            at = next((k for k, i in enumerate(eligible) if source.image_name(i) == first), 0)
+            eligible = eligible[at:] + eligible[:at]
+        indices = eligible[:batch_size]
         if len(indices) < batch_size:
             raise DatasetError(f"a detection case with batch size {batch_size} needs that many images with box "
                                f"annotations; {source.name} has {len(indices)} ({', '.join(sorted(annotated))})")
         return source.batch(indices, size)
+
+    def eligible(self, source: ImageSource) -> list[str]:
+        """The images that may be private: those with box annotations."""
+        from giacheck.models.yolo import annotated_images
+
+        annotated = annotated_images()
+        return [source.image_name(i) for i in range(len(source)) if source.image_name(i) in annotated]
 
     def targets(self, batch: ImageBatch, device: torch.device) -> dict[str, torch.Tensor]:
         from giacheck.models.yolo import detection_targets

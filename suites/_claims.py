@@ -1,9 +1,10 @@
-"""Thresholds shared by the suites (one place, so no module quietly loosens a claim)."""
+"""What the suites share (one place, so no module quietly changes a claim's control or budget).
 
-FEASIBLE = 0.6  # SSIM a reconstruction must reach to count as leakage
-INFEASIBLE = 0.3  # SSIM at or below which nothing recognizable is left
+Verdicts are re-identification against a held-out pool over the profile's challenge set (giacheck.verdicts);
+there are no SSIM cutoffs here: SSIM values are reported columns.
+"""
+
 CONTROL_32 = "resnet18_cifar-32-bn_eval-bs1-stats_none"  # the positive control at 32×32 (eval-mode BN, bs1)
-PARTIAL = 0.3  # "partially feasible" (Figure 1, Swin-T): structure recovered, not the whole image
 
 
 def pipeline_budget(profile: str):

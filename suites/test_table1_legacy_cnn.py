@@ -3,23 +3,24 @@
 Claim (Table 1): "ResNet-18 (post-act): inference-mode update — Yes; training-mode update — No;
 ResNet-18 (pre-act): training-mode update — Yes."
 
-The negative claim is conclusive only when its paired positive control (inference-mode update, same model,
-same budget) reconstructs (DESIGN §6).
+Verdicts are re-identification against a held-out pool over the profile's challenge set (worst image). The
+negative claim is conclusive only when its paired positive control (inference-mode update, same model, same
+budget and pool) re-identifies; it is labelled attack- or information-limited.
 """
 
 from __future__ import annotations
 
 import pytest
-from _claims import CONTROL_32, FEASIBLE, INFEASIBLE
+from _claims import CONTROL_32
 
 
 def test_post_act_inference_mode_update_is_feasible(gia) -> None:
-    gia.feasible(CONTROL_32, min_ssim=FEASIBLE)
+    gia.feasible(CONTROL_32)
 
 
 def test_post_act_training_mode_update_is_infeasible(gia) -> None:
-    gia.infeasible("resnet18_cifar-32-bn_train-bs1-stats_none", max_ssim=INFEASIBLE, control=CONTROL_32,
-                   control_min_ssim=FEASIBLE)
+    # the control is also the same-architecture enabler control: the same network's inference-mode update
+    gia.infeasible("resnet18_cifar-32-bn_train-bs1-stats_none", control=CONTROL_32)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -27,4 +28,4 @@ def test_post_act_training_mode_update_is_infeasible(gia) -> None:
     "oracle-selected TPE tuning over Appendix A's space (README, smoke table); the paper's own SSIM for this cell "
     "is 0.054 (§5.1: its 'Yes' is visual)"))
 def test_pre_act_training_mode_update_is_feasible(gia) -> None:
-    gia.feasible("resnet18_preact_cifar-32-bn_train-bs1-stats_exact", min_ssim=FEASIBLE)
+    gia.feasible("resnet18_preact_cifar-32-bn_train-bs1-stats_exact")

@@ -28,7 +28,8 @@ from giacheck.models import build
 from giacheck.specs import AttackSpec, BNMode, ClientSpec, StatsAccess
 
 ATTACK_DIR = Path(giacheck.attack.__file__).parent
-FORBIDDEN = ("giacheck.data", "giacheck.metrics")
+FORBIDDEN = ("giacheck.data", "giacheck.metrics", "giacheck.reid", "giacheck.diagnostics", "giacheck.ladder",
+             "giacheck.verdicts", "giacheck.challenge")
 GROUND_TRUTH_NAMES = re.compile(r"image|original|ground|truth|private|secret|true", re.IGNORECASE)
 
 
@@ -74,7 +75,7 @@ def test_attack_files_never_import_data_or_metrics() -> None:
 
 def test_importing_the_attack_does_not_load_data_or_metrics() -> None:
     code = ("import sys, giacheck.attack; "
-            "bad = [m for m in ('giacheck.data', 'giacheck.metrics', 'skimage') if m in sys.modules]; "
+            f"bad = [m for m in {(*FORBIDDEN, 'skimage')!r} if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                           cwd=ATTACK_DIR.parents[1])

@@ -4,27 +4,24 @@ leakage and two-sided for positive controls, and what summaries show for each py
 from __future__ import annotations
 
 import pytest
+from test_verdicts import _evidence, _image, _trial
 
 from giacheck import claims
 from giacheck.claims import Verdict
 
 
-def test_infeasible_is_inconclusive_without_a_reconstructing_control() -> None:
-    weak = claims.feasible("ctl", 0.4, min_ssim=0.6)
-    claim = claims.infeasible("case", 0.01, max_ssim=0.3, control=weak)
+def test_infeasible_is_inconclusive_without_a_reidentifying_control() -> None:
+    weak = claims.feasible(_evidence("ctl", [_trial("ctl", "a", [_image(0.4, 0.3)])]))  # not re-identified
+    negative = _evidence("case", [_trial("case", "a", [_image(0.01, 0.8)])])
+    claim = claims.infeasible(negative, control=weak)
     assert claim.verdict is Verdict.INCONCLUSIVE and not claim.passed
-    assert "INCONCLUSIVE" in claim.message and "ctl reached only 0.400 < 0.600" in claim.message
-    strong = claims.feasible("ctl", 0.8, min_ssim=0.6)
-    assert claims.infeasible("case", 0.31, max_ssim=0.3, control=strong).verdict is Verdict.FAIL
-    assert claims.infeasible("case", 0.30, max_ssim=0.3, control=strong).passed
-    with pytest.raises(ValueError, match="must be a feasible claim"):
-        claims.infeasible("case", 0.1, max_ssim=0.3, control=claims.regression("ctl", 0.8))
+    assert "INCONCLUSIVE" in claim.message and "ctl (worst SSIM 0.400)" in claim.message
 
 
 def test_ordering_of_two_failures_is_inconclusive() -> None:
-    assert claims.ordering("a", 0.2, "b", 0.1, margin=0.0, min_high=0.3).verdict is Verdict.INCONCLUSIVE
-    assert claims.ordering("a", 0.5, "b", 0.46, margin=0.05, min_high=0.3).verdict is Verdict.FAIL
-    assert claims.ordering("a", 0.5, "b", 0.44, margin=0.05, min_high=0.3).passed
+    a = _evidence("a", [_trial("a", "x", [_image(0.2, 0.3)])])
+    b = _evidence("b", [_trial("b", "x", [_image(0.1, 0.5)])])
+    assert claims.ordering(a, b, margin=0.0).verdict is Verdict.INCONCLUSIVE
 
 
 @pytest.mark.parametrize(("ssim", "positive", "passed"), [
@@ -52,8 +49,9 @@ def test_shown_verdict(claim: str | None, verdict: str | None, outcome: str | No
 
 
 def test_claim_kinds_are_an_enum() -> None:
-    assert claims.feasible("c", 0.7, min_ssim=0.6).kind is claims.ClaimKind.FEASIBLE
-    assert claims.regression("c", 0.7).kind == "regression"  # a StrEnum: compares with its value
+    ev = _evidence("c", [_trial("c", "a", [_image(0.7, 0.001)])])
+    assert claims.feasible(ev).kind is claims.ClaimKind.FEASIBLE
+    assert claims.regression(ev).kind == "regression"  # a StrEnum: compares with its value
     plugin_made = claims.ClaimResult(kind="infeasible", case_id="c", verdict="pass", measured=0.1, threshold=0.3,
                                      message="m")
     assert plugin_made.kind is claims.ClaimKind.INFEASIBLE and plugin_made.verdict is Verdict.PASS

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_verdicts import _batch_of_8_with_one_leak, _evidence, _image, _trial
 
 from giacheck import claims
 from giacheck.cli import main
@@ -102,7 +103,7 @@ def test_rule_rejects_bad_conditions(where: str, match: str) -> None:
 
 
 def test_rule_rejects_bad_threshold() -> None:
-    with pytest.raises(InvalidPackError, match=r"max_ssim=2 \(valid: a number in \[-1, 1\]\)"):
+    with pytest.raises(InvalidPackError, match=r"max_ssim=2 \(valid: None, or a number in \[-1, 1\]\)"):
         Rule("r", max_ssim=2)
 
 
@@ -157,20 +158,22 @@ def test_alias_is_idempotent_and_guarded(vendor: str) -> None:
         register_alias("resnet18_cifar", vendor)
 
 
-def test_judge_uses_the_strictest_rule_and_needs_the_control(vendor: str) -> None:
+def test_judge_applies_every_rule_and_needs_the_control(vendor: str) -> None:
     pack = Pack(name="vendor_judge", model=vendor, input_size=16, grid=Grid(batch_sizes=(1, 8)),
-                rules=(Rule("no configuration exceeds SSIM 0.3", max_ssim=0.3),
-                       Rule("bs >= 8 is infeasible", max_ssim=0.1, where="bs>=8")))
-    good = pack.control_claim(0.9)
+                rules=(Rule("no configuration leaks an identifiable image"),
+                       Rule("bs >= 8 stays below SSIM 0.1", max_ssim=0.1, where="bs>=8")))
+    good = claims.feasible(_evidence("ctl", [_trial("ctl", "a", [_image(0.9, 0.001)])]))
     small, big = "vendor_judge-16-bn_train-bs1-stats_none", "vendor_judge-16-bn_train-bs8-stats_none"
-    assert pack.judge(small, 0.2, good).passed
-    verdict = pack.judge(big, 0.2, good)
+    assert pack.judge(_evidence(small, [_trial(small, "a", [_image(0.2, 0.4)])]), good).passed
+    verdict = pack.judge(_evidence(big, [_trial(big, "a", [_image(0.2, 0.4)] + [_image(0.0, 0.9)] * 7)]), good)
     assert verdict.verdict is claims.Verdict.FAIL
-    assert verdict.message.startswith("rule 'bs >= 8 is infeasible': ") and "threshold 0.100" in verdict.message
-    weak = pack.judge(small, 0.05, pack.control_claim(0.4))
-    assert weak.verdict is claims.Verdict.INCONCLUSIVE, "a control that does not reconstruct proves nothing"
+    assert verdict.message.startswith("rule 'bs >= 8 stays below SSIM 0.1': ") and "0.200 > 0.1" in verdict.message
+    weak = claims.feasible(_evidence("ctl", [_trial("ctl", "a", [_image(0.4, 0.3)])]))
+    assert pack.judge(_evidence(small, [_trial(small, "a", [_image(0.05, 0.5)])]), weak).verdict is \
+        claims.Verdict.INCONCLUSIVE, "a control that does not re-identify proves nothing"
     uncovered = Pack(name="vendor_judge2", model=vendor, rules=(Rule("big", max_ssim=0.1, where="bs>=8"),))
-    assert uncovered.judge(small.replace("judge", "judge2"), 0.5, None).kind == "regression"
+    other = small.replace("judge", "judge2")
+    assert uncovered.judge(_evidence(other, [_trial(other, "a", [_image(0.5, 0.5)])]), None).kind == "regression"
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -273,3 +276,27 @@ def test_rule_values_are_read_as_ids_spell_them() -> None:
     case = Case.parse("m-16-bn_eval-bs1-stats_none-upd_fedavg1-def_clip1.5")
     assert Rule("r", max_ssim=0.1, where="update=fedavg,defences=clip1.50").applies(case)
     assert not Rule("r", max_ssim=0.1, where="defences=").applies(case)
+
+
+# ------------------------------------------------------------------------------------------ worst case, not mean
+def test_a_batch_of_8_with_one_leaked_image_fails_the_pack_rule(vendor: str) -> None:
+    evidence, batch_mean = _batch_of_8_with_one_leak()
+    pack = Pack(name="vendor", model=vendor, input_size=32, grid=Grid(batch_sizes=(8,), bn=("eval",)),
+                rules=(Rule("bs >= 8 is infeasible", max_ssim=0.3, where="bs>=8"),))
+    assert batch_mean <= 0.3, "the old batch-mean rule would have passed this batch"
+    assert evidence.test.reidentified == 1 and evidence.worst.position == 3
+    control = claims.feasible(_evidence("ctl", [_trial("ctl", "a", [_image(0.8, 0.001)])]))
+    verdict = pack.judge(evidence, control)
+    assert verdict.verdict is claims.Verdict.FAIL, verdict.message
+    assert "re-identified" in verdict.message or "SSIM" in verdict.message
+
+
+def test_a_max_ssim_rule_reads_the_most_leaking_image_not_the_mean(vendor: str) -> None:
+    pack = Pack(name="vendor", model=vendor, input_size=32, grid=Grid(batch_sizes=(4,), bn=("eval",)),
+                rules=(Rule("every image below 0.3", max_ssim=0.3),))
+    ev = _evidence("vendor-32-bn_eval-bs4-stats_none",
+                   [_trial("vendor-32-bn_eval-bs4-stats_none", "a",
+                           [_image(0.531, 0.2), _image(0.1, 0.6), _image(0.1, 0.6), _image(0.08, 0.6)])])
+    control = claims.feasible(_evidence("ctl", [_trial("ctl", "a", [_image(0.8, 0.001)])]))
+    verdict = pack.judge(ev, control)
+    assert verdict.verdict is claims.Verdict.FAIL and "0.531 > 0.3" in verdict.message

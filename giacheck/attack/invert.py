@@ -63,6 +63,15 @@ class GradMatch:
         return invert(model, update, labels=labels, spec=self.spec, stats=stats, init=init, seed=seed,
                       log_every=every)
 
+    def objective(self, model: nn.Module, update: ClientUpdate, images: torch.Tensor, *, labels: Any,
+                  stats: NormTarget | None) -> float:
+        """The objective :meth:`__call__` minimizes, at one batch of ``images`` (B, C, H, W)."""
+        device = next(model.parameters()).device
+        replica = Replica(model, update, _to_device(labels, device))
+        with torch.no_grad():
+            total, _ = replica.objective(self.spec, stats, functional=True)(images.to(device))
+        return float(total)
+
 
 def lr_milestones(iterations: int) -> list[int]:
     """The step schedule: the learning rate drops ×0.1 at 3/8, 5/8 and 7/8 of the budget."""

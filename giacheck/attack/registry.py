@@ -30,7 +30,11 @@ __all__ = ["ATTACKS", "DEFAULT_ATTACK", "Attack", "list_attacks", "make_attack",
 @runtime_checkable
 class Attack(Protocol):
     """Reconstruct the client's images from its update; return every restart's images and the attack's own
-    objective per restart (selection among restarts is the attack's, by that objective)."""
+    objective per restart (selection among restarts is the attack's, by that objective).
+
+    An attack may also expose ``objective(model, update, images, *, labels, stats) -> float``, its objective at
+    given images: the scoring side evaluates it at the true images, on a fresh instance after the attack ran, to
+    label a negative attack- or information-limited (:mod:`giacheck.diagnostics`)."""
 
     def __call__(self, model: nn.Module, update: ClientUpdate, *, labels: Any, stats: NormTarget | None,
                  init: torch.Tensor | None, seed: int) -> Reconstruction: ...

@@ -18,6 +18,7 @@ import numpy as np
 
 from giacheck.data.cifar import _CIFAR_DIRNAME, CIFAR10_CLASSES, Cifar10Images
 from giacheck.data.images import _SPEC_FORMS, BUNDLED_NAMES, IMAGE_EXTENSIONS, load_bundled, to_tensor_resized
+from giacheck.data.pool import POOL_LIMIT, heldout_pool, pool_limit
 from giacheck.data.sources import BundledImages, ImageBatch, ImageFolderImages, ImageSource
 from giacheck.errors import DatasetError, close_matches
 
@@ -33,7 +34,10 @@ __all__ = [
     "ImageBatch",
     "ImageFolderImages",
     "ImageSource",
+    "POOL_LIMIT",
     "disjoint_pool",
+    "heldout_pool",
+    "pool_limit",
     "load_bundled",
     "open_source",
     "select_batch",
@@ -102,18 +106,24 @@ def _check_positive(value: int, what: str) -> None:
 
 
 def select_batch(
-    source: ImageSource, *, batch_size: int, size: int, offset: int = 0, distinct_labels: bool = True
+    source: ImageSource, *, batch_size: int, size: int, offset: int = 0, distinct_labels: bool = True,
+    first: str | None = None,
 ) -> ImageBatch:
     """Pick the client's batch: the first ``batch_size`` images from ``offset`` on, in source order.
 
-    With ``distinct_labels`` an image whose label already occurs in the batch is skipped, so every label is unique.
-    Availability is checked on labels alone, before any pixels are decoded.
+    With ``first`` (an image name) the batch starts with that image and continues with the images after it in
+    source order, wrapping around to the start: one trial of a challenge set, whose batch of 2 shares its first
+    image with the batch of 1. With ``distinct_labels`` an image whose label already occurs in the batch is
+    skipped, so every label is unique. Availability is checked on labels alone, before any pixels are decoded.
 
     Raises:
-        DatasetError: fewer images (or distinct labels) are available than ``batch_size``.
+        DatasetError: ``first`` is not an image of the source, or fewer images (or distinct labels) are
+            available than ``batch_size``.
     """
     _check_positive(batch_size, "batch_size")
     _check_positive(size, "size")
+    if first is not None:
+        return _batch_from(source, first, batch_size=batch_size, size=size, distinct_labels=distinct_labels)
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise DatasetError(f"offset must be an int >= 0, got {offset!r}")
     n = len(source)
@@ -139,6 +149,27 @@ def select_batch(
         f"batch size {batch_size} requested with distinct labels but only {len(chosen)} distinct labels occur among "
         f"the {available} {source.items}{at}; valid: 1..{len(chosen)}, or pass distinct_labels=False"
     )
+
+
+def _batch_from(source: ImageSource, first: str, *, batch_size: int, size: int, distinct_labels: bool) -> ImageBatch:
+    names = [source.image_name(i) for i in range(len(source))]
+    if first not in names:
+        raise DatasetError(f"private image {first!r} is not an image of {source.name}; valid: "
+                           f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}" + close_matches(first, names))
+    start = names.index(first)
+    order = [(start + k) % len(names) for k in range(len(names))]
+    chosen: list[int] = []
+    seen: set[int] = set()
+    for i in order:
+        lab = source.label(i)
+        if not distinct_labels or lab not in seen:
+            seen.add(lab)
+            chosen.append(i)
+            if len(chosen) == batch_size:
+                return source.batch(chosen, size)
+    raise DatasetError(f"batch size {batch_size} requested but only {len(chosen)} images"
+                       f"{' with distinct labels' if distinct_labels else ''} are available in {source.name}; "
+                       f"valid: 1..{len(chosen)}")
 
 
 def disjoint_pool(source: ImageSource, *, exclude: Sequence[int] | Sequence[str], count: int, size: int) -> ImageBatch:

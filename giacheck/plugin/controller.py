@@ -94,11 +94,14 @@ class Controller:
         tr = terminalreporter
         tr.section("giacheck summary")
         unique = self._unique()
-        tr.write_line(f"{'case id':52} {'claim':12} {'SSIM mean':>9} {'max':>6} {'patch*':>6} {'baseline':>16} "
-                      f"{'verdict':>19} {'wall s':>7}")
+        tr.write_line(f"{'case id':52} {'claim':11} {'k×s':>3} {'SSIM*':>6} {'rank':>7} {'z':>5} {'chance':>6} "
+                      f"{'why':>5} {'baseline':>16} {'verdict':>19} {'wall s':>7}")
         for row in unique.values():
             tr.write_line(_summary_line(row))
-        tr.write_line("* patch: secondary, permutation-tolerant SSIM (patches matched); claims use standard SSIM")
+        tr.write_line("* the most leaking image of the challenge set (images × seeds): its SSIM, its re-identification "
+                      "rank in the held-out pool, z against the pool, the pool's chance level (95th percentile); why "
+                      "a negative failed: atk = attack-limited (stopped above the truth's objective), info = "
+                      "information-limited (reached it)")
         tr.write_line(f"results: {self.folder / 'results.json'}")
         self._report_orphans(tr, unique)
         for error in self.errors:
@@ -117,8 +120,13 @@ class Controller:
 
 def _summary_line(row: CaseRecord) -> str:
     """One row of the summary table."""
-    scores = row.scores
-    patch = f"{scores.patch_ssim_mean:6.3f}" if scores.patch_ssim_mean is not None else f"{'—':>6}"
     wall = f"{row.wall_s:7.1f}" if row.wall_s is not None else f"{'—':>7}"
-    return (f"{row.case_id[:52]:52} {row.claim or '—':12} {scores.ssim_mean:9.3f} {scores.ssim_max:6.3f} {patch} "
-            f"{row.shown_baseline:>16} {row.shown_verdict:>19} {wall}")
+    ev = row.evidence
+    if ev is None:
+        middle = f"{'—':>3} {row.scores.ssim_max:6.3f} {'—':>7} {'—':>5} {'—':>6} {'—':>5}"
+    else:
+        why = {"attack-limited": "atk", "information-limited": "info"}.get(ev.limitation, "?")
+        middle = (f"{ev.trials:>3} {ev.worst_ssim:6.3f} {ev.shown_rank:>7} {ev.z:5.1f} {ev.chance_q95:6.3f} "
+                  f"{why if ev.content != 'semantic' else 'leak':>5}")
+    return (f"{row.case_id[:52]:52} {row.claim or '—':11} {middle} {row.shown_baseline:>16} "
+            f"{row.shown_verdict:>19} {wall}")

@@ -19,9 +19,11 @@ from giacheck.plugin.xdist import SHARED_KEY
 from giacheck.sharedcache import SharedResults
 
 if TYPE_CHECKING:
+    from giacheck.challenge import CaseTrials
     from giacheck.records import BaselineCheck, CaseRecord
     from giacheck.runner import Result
-    from giacheck.specs import Case, RunOptions
+    from giacheck.specs import Case, ChallengeSet, RunOptions
+    from giacheck.verdicts import Limitation
 
 __all__ = ["GiaFixture", "gia"]
 
@@ -33,7 +35,6 @@ class _Cached:
     result: Any
     wall_s: float
     origin: str  # "computed" (here) or "another worker"
-    saved_in: set[Path] = field(default_factory=set)
 
 
 @dataclass
@@ -73,10 +74,16 @@ class GiaFixture:
         attack = option(self.config, "attack")
         return dataclasses.replace(parsed, attack=attack) if attack and parsed.attack == DEFAULT_ATTACK else parsed
 
+    @property
+    def challenge(self) -> ChallengeSet:
+        """The private images and seeds every verdict of this profile is the worst case over."""
+        from giacheck.specs import get_profile
+
+        return get_profile(self.profile).challenge
+
     def run(self, case: str | Case, *, options: RunOptions | None = None) -> Result:
-        """Run one case under the session's profile and device, or reuse it: computed once per worker, and
-        under xdist once per run (:mod:`giacheck.sharedcache`)."""
-        from giacheck.artifacts import save_result
+        """Run one trial of a case (``options.image`` and ``options.seed`` name it) under the session's profile and
+        device, or reuse it: computed once per worker, and under xdist once per run (:mod:`giacheck.sharedcache`)."""
         from giacheck.specs import RunOptions
 
         if self.profile == "paper" and self.device == "cpu":
@@ -86,12 +93,7 @@ class GiaFixture:
                          default=str)
         if key not in self.cache:
             self.cache[key] = self._compute(key, case, options)
-        cached = self.cache[key]
-        folder = Path(option(self.config, "artifacts")) / self.profile / self.suite
-        if folder not in cached.saved_in:  # a case shared by two suites (or a pack's control) gets its PNG in each
-            save_result(cached.result, folder)
-            cached.saved_in.add(folder)
-        return cached.result
+        return self.cache[key].result
 
     def _compute(self, key: str, case: Case, options: RunOptions) -> _Cached:
         from giacheck.runner import Result, run_case
@@ -108,58 +110,87 @@ class GiaFixture:
         state, wall, reused = self.shared.get_or_compute(key, lambda: _as_state(*compute()))
         return _Cached(Result.from_state(state), wall, "another worker" if reused else "computed")
 
-    def feasible(self, case: str | Case, *, min_ssim: float, options: RunOptions | None = None) -> Result:
-        result = self.run(case, options=options)
-        self._conclude(result, claims.feasible(result.case_id, result.ssim_mean, min_ssim=min_ssim), positive=True)
-        return result
+    def trials(self, case: str | Case, *, options: RunOptions | None = None) -> CaseTrials:
+        """Run ``case`` over the profile's challenge set (every private image under every seed) and combine the
+        trials into one verdict's evidence; the case's PNG (every trial) goes into this suite's artifacts."""
+        from giacheck.challenge import CaseTrials, trial_options
+        from giacheck.models import get_entry
+        from giacheck.specs import RunOptions
 
-    def infeasible(self, case: str | Case, *, max_ssim: float, control: str | Case, control_min_ssim: float,
-                   options: RunOptions | None = None) -> Result:
-        """Fails as *inconclusive* when ``control`` does not reconstruct under the same budget."""
-        control_result = self.run(control, options=options)
-        control_claim = claims.feasible(control_result.case_id, control_result.ssim_mean, min_ssim=control_min_ssim)
-        result = self.run(case, options=self._tuned(case, options))
-        claim = claims.infeasible(result.case_id, result.ssim_mean, max_ssim=max_ssim, control=control_claim)
-        self._conclude(result, claim, positive=False)
-        return result
+        case, options = self.case(case), options or RunOptions()
+        entry = get_entry(case.model.name)
+        per_trial = trial_options(options, self.challenge, num_classes=entry.num_classes, task=entry.task)
+        trials = CaseTrials.of([self.run(case, options=o) for o in per_trial], selection=self.challenge.selection)
+        folder = Path(option(self.config, "artifacts")) / self.profile / self.suite
+        saved = self.config.stash.setdefault(_SAVED, set())
+        if (folder, case.id, repr(options)) not in saved:  # a case in two suites gets its PNG in each
+            trials.save(folder)
+            saved.add((folder, case.id, repr(options)))
+        return trials
 
-    def ordering(self, high: str | Case, low: str | Case, *, margin: float, min_high: float = 0.0,
+    def feasible(self, case: str | Case, *, options: RunOptions | None = None) -> CaseTrials:
+        """A positive control: some image of the challenge set is re-identified (after tuning, with
+        ``--giacheck-trials``, as for negatives)."""
+        trials = self.trials(case, options=self._tuned(case, options))
+        self._conclude(trials, claims.feasible(trials.evidence), positive=True)
+        return trials
+
+    def infeasible(self, case: str | Case, *, control: str | Case, enabler: str | Case | None = None,
+                   needs: Limitation | str | None = None, options: RunOptions | None = None) -> CaseTrials:
+        """No image re-identified; *inconclusive* unless ``control`` and ``enabler`` (the same architecture with
+        the enabler the claim is about, where the suite has one) re-identify under the same budget and pool.
+        ``needs``: the kind of negative the claim needs (``attack-limited`` or ``information-limited``)."""
+        from giacheck.verdicts import Limitation
+
+        control_claim = self._control_claim(control, options)
+        enabler_claim = self._control_claim(enabler, options) if enabler is not None else None
+        trials = self.trials(case, options=self._tuned(case, options))
+        claim = claims.infeasible(trials.evidence, control=control_claim, enabler=enabler_claim,
+                                  needs=Limitation(needs) if needs is not None else None)
+        self._conclude(trials, claim, positive=False)
+        return trials
+
+    def ordering(self, high: str | Case, low: str | Case, *, margin: float,
                  options: RunOptions | None = None) -> claims.ClaimResult:
-        """``high`` leaks more than ``low`` by ``margin``; inconclusive when ``high`` is below ``min_high``."""
-        a, b = self.run(high, options=options), self.run(low, options=options)
-        claim = claims.ordering(a.case_id, a.ssim_mean, b.case_id, b.ssim_mean, margin=margin, min_high=min_high)
-        for result in (a, b):
-            self._record(result, claim, self._baseline(result, positive=False))
+        """``high`` leaks more than ``low`` on the same private images by a median ``margin``; inconclusive when
+        ``high`` is not re-identified."""
+        a, b = self.trials(high, options=options), self.trials(low, options=options)
+        claim = claims.ordering(a.evidence, b.evidence, margin=margin)
+        for trials in (a, b):
+            self._record(trials, claim, self._baseline(trials, positive=False))
         if not claim.passed:
             self.failures.append(claim.message)
         self._finish()
         return claim
 
-    def regression(self, case: str | Case, *, options: RunOptions | None = None) -> Result:
+    def regression(self, case: str | Case, *, options: RunOptions | None = None) -> CaseTrials:
         """No feasibility verdict at this budget (labelled so): only the baseline is checked."""
-        result = self.run(case, options=options)
-        self._conclude(result, claims.regression(result.case_id, result.ssim_mean), positive=False)
-        return result
+        trials = self.trials(case, options=options)
+        self._conclude(trials, claims.regression(trials.evidence), positive=False)
+        return trials
 
-    def pack_control(self, pack: Any) -> Result:
-        """A pack's positive control: it must reconstruct (and not get weaker than recorded), or the pack's
+    def pack_control(self, pack: Any) -> CaseTrials:
+        """A pack's positive control: it must re-identify (and not get weaker than recorded), or the pack's
         infeasibility rules prove nothing."""
         self._use_pack(pack)
-        result = self.run(pack.control_id, options=pack.run_options())
-        self._conclude(result, pack.control_claim(result.ssim_mean), positive=True)
-        return result
+        trials = self.trials(pack.control_id, options=pack.run_options())
+        self._conclude(trials, claims.feasible(trials.evidence), positive=True)
+        return trials
 
-    def pack_case(self, pack: Any, case_id: str) -> Result:
-        """One configuration of a pack: the strictest rule that applies (conclusive only with the control
-        reconstructing under the same budget), or a regression; and its recorded baseline (one-sided)."""
+    def pack_case(self, pack: Any, case_id: str) -> CaseTrials:
+        """One configuration of a pack, judged on its most leaking image: the rules that apply (conclusive only
+        with the control re-identifying under the same budget), or a regression; and its recorded baseline."""
         self._use_pack(pack)
         options = pack.run_options()
         control = None
         if pack.rules_for(case_id):
-            control = pack.control_claim(self.run(pack.control_id, options=options).ssim_mean)
-        result = self.run(case_id, options=options)
-        self._conclude(result, pack.judge(case_id, result.ssim_mean, control), positive=False)
-        return result
+            control = claims.feasible(self.trials(pack.control_id, options=options).evidence)
+        trials = self.trials(case_id, options=options)
+        self._conclude(trials, pack.judge(trials.evidence, control), positive=False)
+        return trials
+
+    def _control_claim(self, control: str | Case, options: RunOptions | None) -> claims.ClaimResult:
+        return claims.feasible(self.trials(control, options=self._tuned(control, options)).evidence)
 
     def _use_pack(self, pack: Any) -> None:
         """Baselines and artifacts of a pack live under its own name (and its own folder, when it has one)."""
@@ -184,19 +215,19 @@ class GiaFixture:
         return dataclasses.replace(options, budget=tuned.best_attack)
 
     # -- internals
-    def _conclude(self, result: Result, claim: claims.ClaimResult, *, positive: bool) -> None:
-        baseline = self._baseline(result, positive=positive)
-        self._record(result, claim, baseline)
+    def _conclude(self, trials: CaseTrials, claim: claims.ClaimResult, *, positive: bool) -> None:
+        baseline = self._baseline(trials, positive=positive)
+        self._record(trials, claim, baseline)
         if not claim.passed:
             self.failures.append(claim.message)
         self._finish()
 
-    def _baseline(self, result: Result, *, positive: bool) -> BaselineCheck:
+    def _baseline(self, trials: CaseTrials, *, positive: bool) -> BaselineCheck:
         """The case against its recorded baseline (missing, corrupt, stale, updated, pass or fail); a check that
         does not pass adds its message to the test's failures."""
         from giacheck.baselines import BaselineStore, check_baseline
 
-        check = check_baseline(BaselineStore(self._baselines_root(), self.profile), self.suite, result.to_dict(),
+        check = check_baseline(BaselineStore(self._baselines_root(), self.profile), self.suite, trials.to_dict(),
                                tolerance=float(option(self.config, "tolerance")), positive=positive,
                                update=updating(self.config),
                                accept_update=bool(self.config.getoption("giacheck_update_all")))
@@ -207,14 +238,15 @@ class GiaFixture:
     def _baselines_root(self) -> Path:
         return self.baselines_root or Path(option(self.config, "baselines"))
 
-    def _record(self, result: Result, claim: claims.ClaimResult, baseline: BaselineCheck) -> None:
-        cached = next(c for c in self.cache.values() if c.result is result)
+    def _record(self, trials: CaseTrials, claim: claims.ClaimResult, baseline: BaselineCheck) -> None:
+        cached = [c for c in self.cache.values() if any(c.result is r for r in trials.results)]
         record = _payload(suite=self.suite, profile=self.profile, nodeid=self.item.nodeid,
-                          baselines_root=self._baselines_root(), result=result, claim=claim, baseline=baseline,
+                          baselines_root=self._baselines_root(), trials=trials, claim=claim, baseline=baseline,
                           cached=cached)
         self.item.user_properties.append((PROPERTY, json.dumps(record.to_json(), allow_nan=False)))
-        self.item.user_properties.append((f"ssim_mean[{result.case_id}]", result.ssim_mean))
-        self.item.user_properties.append((f"ssim_max[{result.case_id}]", result.ssim_max))
+        worst = trials.evidence.worst
+        self.item.user_properties.append((f"worst_ssim[{trials.case_id}]", worst.ssim))
+        self.item.user_properties.append((f"worst_p[{trials.case_id}]", worst.p_value))
 
     def _finish(self) -> None:
         __tracebackhide__ = True
@@ -223,14 +255,15 @@ class GiaFixture:
             pytest.fail("\n".join(messages), pytrace=False)
 
 
-def _payload(*, suite: str, profile: str, nodeid: str, baselines_root: Path, result: Result,
-             claim: claims.ClaimResult, baseline: BaselineCheck, cached: _Cached) -> CaseRecord:
+def _payload(*, suite: str, profile: str, nodeid: str, baselines_root: Path, trials: CaseTrials,
+             claim: claims.ClaimResult, baseline: BaselineCheck, cached: list[_Cached]) -> CaseRecord:
     """The one record of a case a test concluded: what travels to the controller (as JSON in
     ``user_properties``) and becomes a line of ``results.jsonl``; the controller adds the test's outcome."""
     from giacheck.records import CaseRecord
 
-    return CaseRecord.from_result(result, suite=suite, profile=profile, claim=claim, baseline=baseline,
-                                  wall_s=cached.wall_s, origin=cached.origin, nodeid=nodeid,
+    origin = "computed" if any(c.origin == "computed" for c in cached) else "another worker"
+    return CaseRecord.from_result(trials.to_dict(), suite=suite, profile=profile, claim=claim, baseline=baseline,
+                                  wall_s=sum(c.wall_s for c in cached), origin=origin, nodeid=nodeid,
                                   baselines_root=baselines_root)
 
 
@@ -239,6 +272,7 @@ def _as_state(result: Any, wall: float) -> tuple[dict[str, Any], float]:
 
 
 _CACHE = pytest.StashKey[dict]()
+_SAVED = pytest.StashKey[set]()
 
 
 @pytest.fixture

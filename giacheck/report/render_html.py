@@ -8,7 +8,7 @@ import html
 from collections.abc import Sequence
 
 from giacheck.report.layout import Ladder, caption, num, suite_title, suites
-from giacheck.report.rows import CaseRow
+from giacheck.report.rows import EVIDENCE_COLUMNS, EVIDENCE_NOTE, CaseRow
 
 __all__ = ["render_html"]
 
@@ -120,8 +120,8 @@ def _verdict_table(rows: Sequence[CaseRow], profiles: set[str]) -> list[str]:
     esc = html.escape
     out = [
         '<section id="verdicts"><h2>Verdicts</h2><table><thead><tr>',
-        "<th>Suite</th><th>Case id</th><th>Claim</th><th class=\"num\">SSIM mean</th><th class=\"num\">SSIM max</th>"
-        "<th class=\"num\">Patch-matched</th><th>Baseline</th><th>Verdict</th>",
+        "<th>Suite</th><th>Case id</th><th>Claim</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in EVIDENCE_COLUMNS)
+        + "<th>Baseline</th><th>Verdict</th>",
         "</tr></thead><tbody>",
     ]
     for row in rows:
@@ -129,13 +129,11 @@ def _verdict_table(rows: Sequence[CaseRow], profiles: set[str]) -> list[str]:
         out.append(
             f"<tr><td>{esc(suite_title(row.profile, row.suite, profiles))}</td>"
             f'<td class="id">{esc(row.case_id)}</td><td>{esc(row.claim or "—")}</td>'
-            f'<td class="num">{num(row.ssim_mean)}</td><td class="num">{num(row.ssim_max)}</td>'
-            f'<td class="num">{num(row.patch_ssim_mean)}</td><td>{esc(row.shown_baseline)}</td>'
+            + "".join(f'<td class="num">{esc(c)}</td>' for c in row.evidence_cells())
+            + f'<td>{esc(row.shown_baseline)}</td>'
             f'<td class="verdict {_verdict_class(shown)}" title="{esc(row.message)}">{esc(shown)}</td></tr>')
     out.append("</tbody></table>")
-    out.append('<p class="note">SSIM: standard SSIM after matching reconstructions to originals (Hungarian); '
-               "claims use it. Patch-matched: secondary, permutation-tolerant SSIM. Baseline: recorded SSIM mean "
-               "(check status). Hover a verdict for the claim's message.</p></section>")
+    out.append(f'<p class="note">{esc(EVIDENCE_NOTE)} Hover a verdict for the claim\'s message.</p></section>')
     return out
 
 

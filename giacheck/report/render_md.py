@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from giacheck.report.layout import Ladder, caption, num, suite_title, suites
-from giacheck.report.rows import CaseRow
+from giacheck.report.rows import EVIDENCE_COLUMNS, EVIDENCE_NOTE, CaseRow
 
 __all__ = ["render_markdown"]
 
@@ -33,16 +33,14 @@ def render_markdown(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], 
         "Images are embedded in `report.html`.", "", *[f"**{_cell(line)}**  " for line in summary],
         *([""] if summary else []),
         "## Verdicts", "",
-        "| suite | case id | claim | SSIM mean | SSIM max | patch-matched | baseline | verdict |",
-        "|---|---|---|---:|---:|---:|---|---|",
+        "| suite | case id | claim | " + " | ".join(EVIDENCE_COLUMNS) + " | baseline | verdict |",
+        "|---|---|---|" + "---|" * len(EVIDENCE_COLUMNS) + "---|---|",
     ]
     lines.extend(
         f"| {_cell(suite_title(r.profile, r.suite, profiles))} | `{_cell(r.case_id)}`"
-        f" | {_cell(r.claim or '—')}"
-        f" | {num(r.ssim_mean)} | {num(r.ssim_max)} | {num(r.patch_ssim_mean)} | {_cell(r.shown_baseline)}"
-        f" | {_cell(r.shown_verdict)} |" for r in rows)
-    lines += ["", "SSIM: standard SSIM after Hungarian matching (claims use it); patch-matched: secondary, "
-              "permutation-tolerant.", ""]
+        f" | {_cell(r.claim or '—')} | " + " | ".join(_cell(c) for c in r.evidence_cells())
+        + f" | {_cell(r.shown_baseline)} | {_cell(r.shown_verdict)} |" for r in rows)
+    lines += ["", EVIDENCE_NOTE, ""]
     lines += _ladder_lines(ladders)
     lines += ["## Images (originals above reconstructions)", ""]
     for (profile, suite), members in suites(rows).items():

@@ -33,6 +33,18 @@ def _case(case_id: str) -> Case | None:
         return None
 
 
+# The evidence columns of the verdict tables (CaseRow.evidence_cells), in order
+EVIDENCE_COLUMNS = ("k×s", "most leaking image: SSIM", "re-id rank", "z", "chance q95", "re-identified", "content",
+                    "negative", "objective vs truth's")
+EVIDENCE_NOTE = ("Each case runs over a challenge set (k private images × s seeds); the verdict uses its most leaking "
+                 "image. Re-id rank: the rank of the image's SSIM to its reconstruction among the reconstruction's "
+                 "SSIMs to a held-out pool (1 = identified); z against the pool; chance q95: the pool's 95th "
+                 "percentile. Re-identified: images with a Bonferroni-corrected p ≤ α / m. Content: semantic "
+                 "(re-identified by SSIM: a leak), displaced (only by the patch-matched score, against its own chance "
+                 "level), none. Negative: attack-limited (the attack stopped above the objective of the true images) "
+                 "or information-limited (it reached it). SSIM is reported, never compared with a fixed cutoff.")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CaseRow:
     """One case as the report shows it: its record, the file it came from, its PNG (None when not found)."""
@@ -80,6 +92,15 @@ class CaseRow:
     @property
     def init_ssim(self) -> float | None:
         return self.record.scores.init_ssim
+
+    def evidence_cells(self) -> tuple[str, ...]:
+        """The verdict's evidence as table cells (:data:`EVIDENCE_COLUMNS`); dashes for a single run."""
+        ev = self.record.evidence
+        if ev is None:
+            return ("—",) * len(EVIDENCE_COLUMNS)
+        return (str(ev.trials), f"{ev.worst_image} {ev.worst_ssim:.3f}", ev.shown_rank, f"{ev.z:+.1f}",
+                f"{ev.chance_q95:.3f}", f"{ev.reidentified}/{ev.tested}", ev.content,
+                ev.limitation if ev.content != "semantic" else "—", ev.shown_objective)
 
     @property
     def init_p(self) -> float | None:

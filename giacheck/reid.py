@@ -1,0 +1,389 @@
+"""Re-identification: is a reconstruction identifiable as its private image, against chance? (scoring side only)
+
+For a reconstruction r of a private image x and a held-out pool P (:func:`giacheck.data.heldout_pool`: views of
+images of the same source, disjoint from the client's and the attacker's), the rank of SSIM(r, x) among the
+SSIM(r, p), p in P, gives the p-value ``rank / (|P| + 1)``.
+
+Null hypothesis: r carries no information about x (r is independent of x given the pool), and x is exchangeable
+with the pool's images. Then the |P| + 1 scores are exchangeable, the rank of x's score is uniform on
+1..|P| + 1 (ties counted against x only make it larger), and P(p_value <= t) <= t for every t: the test's
+false-positive rate at level alpha is at most alpha. :func:`combined_test` combines m such p-values (images x
+seeds x batch) by Bonferroni's rule, whose family-wise false-positive rate is at most alpha whatever the
+dependence between them. The smallest p-value a pool can give is 1 / (|P| + 1), so a pool smaller than
+:func:`required_pool_size` can never be significant.
+
+The same test runs on the secondary patch-matched score (:func:`giacheck.metrics.patch_matched_ssim`) against
+**its own** distribution over the pool: unrelated natural images score about 0.3 on it with 4-px tiles, so its
+raw value means nothing alone.
+
+SSIM against the pool is computed here in one vectorized pass (the window, constants and border crop of
+:data:`giacheck.metrics.METRIC_DEFINITION`; equal to :func:`giacheck.metrics.ssim` to rounding, about 1e-15),
+and the score of x goes through the same arithmetic as the pool's, so an exact copy of x in the pool ties.
+Uses ground truth: ``giacheck.attack`` never imports it. No torch import (tensors are accepted as in metrics).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from giacheck import metrics
+from giacheck.errors import GiacheckError
+
+__all__ = [
+    "ALPHA",
+    "Reidentification",
+    "Test",
+    "combined_test",
+    "reidentify",
+    "reidentify_batch",
+    "required_pool_size",
+    "smallest_possible_p",
+    "ssim_against_many",
+]
+
+ALPHA = 0.05  # default significance level of a re-identification test
+
+# metrics.METRIC_DEFINITION's SSIM: Gaussian window sigma 1.5 truncated at 3.5 sigma (11 taps), reflect borders,
+# population covariance, data range 1; the mean is taken inside a border of (win_size - 1) / 2 pixels.
+_SIGMA, _TRUNCATE = metrics._SSIM_KWARGS["sigma"], 3.5
+_PAD = (metrics._WIN_SIZE - 1) // 2
+_C1, _C2 = metrics._C1, metrics._C2
+_CHUNK_ELEMENTS = 1 << 22  # pool images per vectorized pass: about 32 MB per float64 temporary
+
+
+# --------------------------------------------------------------------------------------------------------- record
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reidentification:
+    """One reconstructed image r of one private image x, scored against a held-out pool P.
+
+    Attributes:
+        ssim: SSIM(r, x).
+        rank: 1 + #{p in P : SSIM(r, p) >= SSIM(r, x)}; ties count against x (conservative).
+        pool_size: |P|.
+        p_value: rank / (pool_size + 1), the exact one-sided p-value when x is exchangeable with P's images.
+        z: (SSIM(r, x) - chance_mean) / std over P (ddof 1); +-inf when that std is 0 (or |P| = 1) and the
+            scores differ, 0 when they are equal.
+        chance_mean, chance_q95, chance_max: mean, 95th percentile (linear interpolation) and max of SSIM(r, p).
+        patch_ssim: secondary score, :func:`giacheck.metrics.patch_matched_ssim` (r, x); None when not computed.
+        patch_rank, patch_p_value: the same test on the patch-matched score, against its own pool distribution.
+        patch_chance_q95, patch_chance_max: 95th percentile and max of the patch-matched score over P.
+    """
+
+    ssim: float
+    rank: int
+    pool_size: int
+    p_value: float
+    z: float
+    chance_mean: float
+    chance_q95: float
+    chance_max: float
+    patch_ssim: float | None = None
+    patch_rank: int | None = None
+    patch_p_value: float | None = None
+    patch_chance_q95: float | None = None
+    patch_chance_max: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values: every field; a non-finite ``z`` is written as None (JSON has no infinity)."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not math.isfinite(self.z):
+            out["z"] = None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Reidentification:
+        """Inverse of :meth:`to_dict`; a None ``z`` is infinite with the sign of ``ssim - chance_mean``."""
+        data = dict(data)
+        if data.get("z") is None:
+            gap = float(data["ssim"]) - float(data["chance_mean"])
+            data["z"] = 0.0 if gap == 0 else math.copysign(math.inf, gap)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise GiacheckError(f"Reidentification: unknown fields {sorted(unknown)}; valid: "
+                                f"{', '.join(f.name for f in fields(cls))}")
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------------------------- input checks
+def _check_values(arr: np.ndarray, name: str) -> None:
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise GiacheckError(f"{name}: expected finite values, got {int(np.isnan(arr).sum())} NaN and "
+                            f"{int(np.isinf(arr).sum())} infinite of {arr.size}.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -metrics._RANGE_TOL or hi > 1.0 + metrics._RANGE_TOL:
+        raise GiacheckError(f"{name}: expected values in [0, 1], got min {lo:.6g} and max {hi:.6g}; de-normalize "
+                            "(x * std + mean) and clamp before scoring.")
+
+
+def _check_pool(pool: Any, image_shape: tuple[int, ...]) -> np.ndarray:
+    p = metrics._to_hwc_numpy(pool, "pool")
+    if p.ndim != 4:
+        raise GiacheckError(f"pool: expected a 4-D (N, H, W, C) array or (N, C, H, W) tensor, got {p.ndim}-D shape "
+                            f"{p.shape}.")
+    if p.shape[0] == 0:
+        raise GiacheckError(f"pool: expected at least one image, got an empty pool of shape {p.shape}; build one with "
+                            "giacheck.data.heldout_pool.")
+    if p.shape[1:] != image_shape:
+        raise GiacheckError(f"pool: expected images of the reconstruction's shape {image_shape} (channels last), got "
+                            f"{p.shape[1:]}; build the pool at the client's resolution.")
+    _check_values(p, "pool")
+    return p
+
+
+def _check_patch(patch: int | None, shape: tuple[int, ...]) -> None:
+    if patch is not None:
+        metrics._check_patch(patch, shape)
+
+
+# ----------------------------------------------------------------------------------------- vectorized scores
+def _blur(a: np.ndarray) -> np.ndarray:
+    """skimage's SSIM filter (Gaussian, sigma 1.5, truncate 3.5, reflect) over H and W of an (N, H, W, C) stack."""
+    return ndimage.gaussian_filter(a, sigma=(0, _SIGMA, _SIGMA, 0), truncate=_TRUNCATE, mode="reflect")
+
+
+@dataclass(frozen=True, slots=True)
+class _Stats:
+    """Filtered mean and variance of a stack of images, the part of SSIM that depends on one side only."""
+
+    images: np.ndarray  # (N, H, W, C)
+    mean: np.ndarray
+    var: np.ndarray
+
+    @classmethod
+    def of(cls, images: np.ndarray) -> _Stats:
+        mean = _blur(images)
+        return cls(images=images, mean=mean, var=_blur(images * images) - mean * mean)
+
+
+def _ssim_rows(a: _Stats, b: _Stats) -> np.ndarray:
+    """SSIM of a[i] against b[i] for every row (a may hold one image, broadcast against all of b): shape (N,)."""
+    cov = _blur(np.broadcast_to(a.images, b.images.shape) * b.images) - a.mean * b.mean
+    s = ((2 * a.mean * b.mean + _C1) * (2 * cov + _C2)) / ((a.mean**2 + b.mean**2 + _C1) * (a.var + b.var + _C2))
+    if _PAD:
+        s = s[:, _PAD:-_PAD, _PAD:-_PAD, :]
+    return np.ascontiguousarray(s).reshape(len(s), -1).mean(axis=1)
+
+
+def _matched_tiles(r: np.ndarray, others: np.ndarray, patch: int) -> np.ndarray:
+    """r's tiles moved to where they best match each of ``others`` (metrics.patch_matched_ssim's first step)."""
+    rt = metrics._to_tiles(r, patch)
+    out = np.empty_like(others)
+    for k, other in enumerate(others):
+        perm = metrics._perm_from_scores(metrics._tile_ssim_matrix(rt, metrics._to_tiles(other, patch)))
+        out[k] = metrics._from_tiles(rt[perm], r.shape, patch)
+    return out
+
+
+def _chunks(n: int, image_size: int) -> list[slice]:
+    step = max(1, _CHUNK_ELEMENTS // image_size)
+    return [slice(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
+def _scores(recons: np.ndarray, targets: np.ndarray, pool: np.ndarray,
+            patch: int | None) -> tuple[list[tuple[float, np.ndarray]], list[tuple[float, np.ndarray]]]:
+    """For each j: SSIM(recons[j], targets[j]) and SSIM(recons[j], p) over the pool, the same for the patch score.
+
+    The pool's own statistics are computed once per chunk for the whole batch; x's score goes through the very
+    same row-wise arithmetic as the pool's, so ties are exact.
+    """
+    n, size = len(pool), pool[0].size
+    one = [_Stats.of(r[None]) for r in recons]
+    plain = [np.empty(n) for _ in recons]
+    tiled = [np.empty(n) for _ in recons] if patch is not None else []
+    for part in _chunks(n, size):
+        stats = _Stats.of(pool[part])
+        for j, r in enumerate(recons):
+            plain[j][part] = _ssim_rows(one[j], stats)
+            if patch is not None:
+                tiled[j][part] = _ssim_rows(_Stats.of(_matched_tiles(r, pool[part], patch)), stats)
+    plain_out, tiled_out = [], []
+    for j, (r, x) in enumerate(zip(recons, targets, strict=True)):
+        xs = _Stats.of(x[None])
+        plain_out.append((float(_ssim_rows(one[j], xs)[0]), plain[j]))
+        if patch is not None:
+            tiled_out.append((float(_ssim_rows(_Stats.of(_matched_tiles(r, x[None], patch)), xs)[0]), tiled[j]))
+    return plain_out, tiled_out
+
+
+def ssim_against_many(recon: Any, others: Any) -> np.ndarray:
+    """SSIM of one image against each of a stack of others, vectorized: ``out[i] = metrics.ssim(recon, others[i])``
+    to rounding (about 1e-15).
+
+    Args:
+        recon: one image, ``(H, W, C)`` numpy or ``(C, H, W)`` torch, values in [0, 1].
+        others: ``(N, H, W, C)`` numpy or ``(N, C, H, W)`` torch, N >= 1, same image shape.
+
+    Raises:
+        GiacheckError: as :func:`reidentify`.
+    """
+    r = metrics._check_inputs(recon, recon, names=("recon", "recon"), batched=False)[0]
+    p = _check_pool(others, r.shape)
+    out = np.empty(len(p))
+    one = _Stats.of(r[None])
+    for part in _chunks(len(p), r.size):
+        out[part] = _ssim_rows(one, _Stats.of(p[part]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ tests
+def _rank(value: float, chance: np.ndarray) -> tuple[int, float]:
+    rank = 1 + int(np.count_nonzero(chance >= value))
+    return rank, rank / (len(chance) + 1)
+
+
+def _z(value: float, chance: np.ndarray) -> float:
+    mean = float(np.mean(chance))
+    std = float(np.std(chance, ddof=1)) if len(chance) > 1 else 0.0
+    if std == 0.0:
+        return 0.0 if value == mean else math.copysign(math.inf, value - mean)
+    return (value - mean) / std
+
+
+def _record(plain: tuple[float, np.ndarray], tiled: tuple[float, np.ndarray] | None) -> Reidentification:
+    value, chance = plain
+    rank, p_value = _rank(value, chance)
+    extra: dict[str, Any] = {}
+    if tiled is not None:
+        patch_value, patch_chance = tiled
+        patch_rank, patch_p = _rank(patch_value, patch_chance)
+        extra = {"patch_ssim": patch_value, "patch_rank": patch_rank, "patch_p_value": patch_p,
+                 "patch_chance_q95": float(np.quantile(patch_chance, 0.95)),
+                 "patch_chance_max": float(patch_chance.max())}
+    return Reidentification(ssim=value, rank=rank, pool_size=len(chance), p_value=p_value, z=_z(value, chance),
+                            chance_mean=float(np.mean(chance)), chance_q95=float(np.quantile(chance, 0.95)),
+                            chance_max=float(chance.max()), **extra)
+
+
+def reidentify(recon: Any, original: Any, pool: Any, *, patch: int | None = None) -> Reidentification:
+    """Re-identify one reconstruction of ``original`` against ``pool``: rank, p-value and chance level of its SSIM.
+
+    Null hypothesis: ``recon`` carries no information about ``original``, and ``original`` is exchangeable with
+    the pool's images; then P(p_value <= t) <= t for every t.
+
+    Args:
+        recon: the reconstructed image, ``(H, W, C)`` numpy or ``(C, H, W)`` torch, values in [0, 1].
+        original: the private image it was matched to, same shape.
+        pool: held-out images, ``(N, H, W, C)`` numpy or ``(N, C, H, W)`` torch, N >= 1
+            (:func:`giacheck.data.heldout_pool`).
+        patch: tile side of the secondary patch-matched score (>= 4, dividing H and W); None: skip it. Cost: one
+            tile matching per pool image; 32x32 with patch 4 against 256 images takes about 0.1 s.
+
+    Raises:
+        GiacheckError: shapes differ, an empty pool, images non-finite or outside [0, 1], or a bad patch size.
+    """
+    r, x = metrics._check_inputs(recon, original, names=("recon", "original"), batched=False)
+    p = _check_pool(pool, x.shape)
+    _check_patch(patch, x.shape)
+    plain, tiled = _scores(r[None], x[None], p, patch)
+    return _record(plain[0], tiled[0] if tiled else None)
+
+
+def reidentify_batch(
+    recon: Any, originals: Any, pool: Any, *, patch: int | None = None
+) -> tuple[Reidentification, ...]:
+    """:func:`reidentify` for each ``recon[j]`` already matched to ``originals[j]`` (same batch order); the pool's
+    statistics are computed once for the batch.
+
+    Args:
+        recon: ``(B, H, W, C)`` numpy or ``(B, C, H, W)`` torch, matched (e.g. ``recon[ImageScores.perm]``).
+        originals: the private images, same shape.
+        pool, patch: as in :func:`reidentify`.
+
+    Raises:
+        GiacheckError: as :func:`reidentify`, or an empty batch.
+    """
+    r, x = metrics._check_inputs(recon, originals, names=("recon", "originals"), batched=True)
+    p = _check_pool(pool, x.shape[1:])
+    _check_patch(patch, x.shape)
+    plain, tiled = _scores(r, x, p, patch)
+    return tuple(_record(plain[j], tiled[j] if tiled else None) for j in range(len(x)))
+
+
+# ---------------------------------------------------------------------------------------- combining p-values
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Test:
+    """Bonferroni-corrected one-sided test over m re-identification p-values (m = images x seeds x batch).
+
+    Under the null hypothesis for every p-value (no reconstruction carries information about its image), the
+    probability that any of them is at or below ``alpha / m`` is at most alpha, whatever their dependence.
+
+    Attributes:
+        alpha: family-wise significance level.
+        tested: m, the number of p-values.
+        threshold: alpha / m.
+        reidentified: how many p-values are <= threshold.
+        min_p_value: the smallest p-value.
+    """
+
+    alpha: float
+    tested: int
+    threshold: float
+    reidentified: int
+    min_p_value: float
+
+    @property
+    def significant(self) -> bool:
+        """At least one image is re-identified at family-wise level alpha."""
+        return self.reidentified >= 1
+
+
+def _check_alpha(alpha: Any) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise GiacheckError(f"alpha: expected a number with 0 < alpha < 1, got {alpha!r}.")
+    return float(alpha)
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise GiacheckError(f"{name}: expected a positive int, got {value!r}.")
+    return int(value)
+
+
+def combined_test(p_values: Sequence[float], *, alpha: float = ALPHA) -> Test:
+    """Bonferroni's test of m re-identification p-values at family-wise level ``alpha``: threshold alpha / m.
+
+    Raises:
+        GiacheckError: no p-values, a p-value outside (0, 1] (or not a number), or alpha not in (0, 1).
+    """
+    alpha = _check_alpha(alpha)
+    if isinstance(p_values, (str, bytes)):
+        raise GiacheckError(f"p_values: expected a sequence of numbers, got {p_values!r}.")
+    values = list(p_values)
+    if not values:
+        raise GiacheckError("p_values: expected at least one p-value, got none; no image was scored.")
+    bad = [v for v in values
+           if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not 0 < v <= 1]
+    if bad:
+        raise GiacheckError(f"p_values: expected values in (0, 1] (rank / (pool_size + 1)), got {bad[:5]!r}.")
+    threshold = alpha / len(values)
+    return Test(alpha=alpha, tested=len(values), threshold=threshold,
+                reidentified=sum(1 for v in values if v <= threshold), min_p_value=float(min(values)))
+
+
+def smallest_possible_p(pool_size: int) -> float:
+    """The smallest p-value a pool of ``pool_size`` images can give: 1 / (pool_size + 1) (rank 1)."""
+    return 1.0 / (_check_count(pool_size, "pool_size") + 1)
+
+
+def required_pool_size(tested: int, *, alpha: float = ALPHA) -> int:
+    """The smallest pool in which one re-identified image among ``tested`` p-values can be significant at
+    family-wise level ``alpha``: the smallest N with 1 / (N + 1) <= alpha / tested (59 for 3 at 0.05).
+
+    Raises:
+        GiacheckError: ``tested`` not a positive int, or alpha not in (0, 1).
+    """
+    tested, alpha = _check_count(tested, "tested"), _check_alpha(alpha)
+    threshold = alpha / tested
+    n = max(1, math.ceil(tested / alpha) - 1)
+    while n > 1 and smallest_possible_p(n - 1) <= threshold:  # the same float comparison as combined_test
+        n -= 1
+    while smallest_possible_p(n) > threshold:
+        n += 1
+    return n

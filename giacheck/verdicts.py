@@ -1,0 +1,264 @@
+"""The evidence a verdict rests on: re-identification over a challenge set, worst case, and why a negative failed.
+
+A case runs over a :class:`giacheck.specs.ChallengeSet`: k private images × s attack seeds, one trial each.
+Every reconstructed image of every trial is re-identified against a held-out pool (:mod:`giacheck.reid`); the
+m p-values are combined by a Bonferroni test at family-wise level α, so the chance that a case whose
+reconstructions carry no information about their images is called *leaking* is at most α. The verdict uses
+the most leaking image (smallest p-value, then highest SSIM); every per-image number is kept.
+
+What leaked, as the paper distinguishes it:
+- ``semantic``: some image is re-identified by SSIM — a leak;
+- ``displaced``: re-identified only by the secondary patch-matched score (content or colour in the wrong
+  place), against that score's own chance distribution — reported, not a leak of the image as a whole;
+- ``none``.
+
+Why a negative failed (scoring side only, from the attack objective at the true images, :mod:`giacheck.diagnostics`):
+*information-limited* when every trial reached an objective at or below the truth's (within a relative
+:data:`REACHED_EPSILON`), *attack-limited* when some trial stopped above it, ``unknown`` when the attack does not
+expose its objective. SSIM cutoffs are reported columns, never the rule. No torch import.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from giacheck.errors import GiacheckError
+
+__all__ = ["ALPHA", "REACHED_EPSILON", "Content", "Evidence", "ImageEvidence", "Limitation", "TrialEvidence",
+           "bonferroni"]
+
+ALPHA = 0.05  # family-wise false-positive rate of "leaks" over a challenge set
+REACHED_EPSILON = 0.1  # the attack reached the truth's objective: final <= truth * (1 + REACHED_EPSILON)
+
+
+class Content(StrEnum):
+    SEMANTIC = "semantic"
+    DISPLACED = "displaced"
+    NONE = "none"
+
+
+class Limitation(StrEnum):
+    """Why an attack that does not leak failed."""
+
+    ATTACK = "attack-limited"  # it stopped above the truth's objective: an optimizer failure
+    INFORMATION = "information-limited"  # it reached the truth's objective: the update does not determine the image
+    UNKNOWN = "unknown"  # the attack does not expose its objective
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bonferroni:
+    """m one-sided p-values combined at family-wise level ``alpha``: threshold ``alpha / m``."""
+
+    alpha: float
+    tested: int
+    threshold: float
+    reidentified: int
+    min_p_value: float
+
+    @property
+    def significant(self) -> bool:
+        return self.reidentified > 0
+
+
+def bonferroni(p_values: Sequence[float], *, alpha: float = ALPHA) -> Bonferroni:
+    """Bonferroni's test: valid whatever the dependence between the p-values (images of one batch, seeds)."""
+    if not p_values:
+        raise GiacheckError("a re-identification test needs at least one p-value; no image was scored")
+    if not 0 < alpha < 1:
+        raise GiacheckError(f"alpha={alpha!r}; valid: 0 < alpha < 1")
+    threshold = alpha / len(p_values)
+    return Bonferroni(alpha=alpha, tested=len(p_values), threshold=threshold,
+                      reidentified=sum(p <= threshold for p in p_values), min_p_value=min(p_values))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageEvidence:
+    """One private image of one trial, re-identified against the pool."""
+
+    trial: int
+    image: str  # the trial's private image (the first of its batch)
+    seed: int
+    position: int  # index in the trial's batch
+    ssim: float
+    rank: int
+    pool_size: int
+    p_value: float
+    z: float
+    chance_q95: float
+    chance_max: float
+    patch_ssim: float | None
+    patch_p_value: float | None
+    patch_chance_q95: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialEvidence:
+    """One attack: its final objective against the truth's."""
+
+    trial: int
+    image: str
+    seed: int
+    objective: float
+    truth_objective: float | None
+
+    @property
+    def reached(self) -> bool | None:
+        """Whether the attack got as low as the truth's objective (within :data:`REACHED_EPSILON`); None: unknown."""
+        if self.truth_objective is None:
+            return None
+        return self.objective <= self.truth_objective * (1 + REACHED_EPSILON)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trial": self.trial, "image": self.image, "seed": self.seed, "objective": self.objective,
+                "truth_objective": self.truth_objective, "reached": self.reached}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evidence:
+    """Every trial of one case over its challenge set, and what they establish together."""
+
+    case_id: str
+    alpha: float
+    images: tuple[ImageEvidence, ...]
+    trials: tuple[TrialEvidence, ...]
+    selection: str = ""  # how the challenge set was chosen
+
+    @classmethod
+    def from_results(cls, case_id: str, results: Sequence[Mapping[str, Any]], *, alpha: float = ALPHA,
+                     selection: str = "") -> Evidence:
+        """The evidence of ``results`` (``Result.to_dict()`` of each trial, in trial order).
+
+        Raises:
+            GiacheckError: no trial, a trial of another case, or a trial without re-identification scores.
+        """
+        if not results:
+            raise GiacheckError(f"{case_id}: no trial ran, so there is no evidence either way")
+        images, trials = [], []
+        for t, result in enumerate(results):
+            if result.get("case_id") != case_id:
+                raise GiacheckError(f"trial {t} is of case {result.get('case_id')!r}, not {case_id!r}")
+            reid, seed = result.get("reid"), int(result["seed"])
+            if not isinstance(reid, Mapping) or not reid.get("per_image"):
+                raise GiacheckError(f"{case_id}: trial {t} has no re-identification scores (written by an older "
+                                    "giacheck?); rerun the case")
+            for position, r in enumerate(reid["per_image"]):
+                images.append(ImageEvidence(
+                    trial=t, image=str(reid["image"]), seed=seed, position=position, ssim=r["ssim"], rank=r["rank"],
+                    pool_size=r["pool_size"], p_value=r["p_value"], z=r["z"], chance_q95=r["chance_q95"],
+                    chance_max=r["chance_max"], patch_ssim=r.get("patch_ssim"),
+                    patch_p_value=r.get("patch_p_value"), patch_chance_q95=r.get("patch_chance_q95")))
+            truth = (result.get("truth") or {}).get("objective")
+            trials.append(TrialEvidence(trial=t, image=str(reid["image"]), seed=seed,
+                                        objective=float(result["objective"]),
+                                        truth_objective=None if truth is None else float(truth)))
+        return cls(case_id=case_id, alpha=alpha, images=tuple(images), trials=tuple(trials), selection=selection)
+
+    # -- the tests
+    @property
+    def test(self) -> Bonferroni:
+        """Re-identification by SSIM over every image of every trial."""
+        return bonferroni([i.p_value for i in self.images], alpha=self.alpha)
+
+    @property
+    def patch_test(self) -> Bonferroni | None:
+        """The same test on the secondary patch-matched score (None when it was not computed)."""
+        values = [i.patch_p_value for i in self.images]
+        if any(v is None for v in values):
+            return None
+        return bonferroni(values, alpha=self.alpha)  # type: ignore[arg-type]
+
+    @property
+    def powerless(self) -> bool:
+        """The pool is too small for any image to be significant: 1 / (pool + 1) > α / m for every image. Such
+        a challenge set can show no leak, so it can establish no negative either."""
+        threshold = self.test.threshold
+        return all(1 / (i.pool_size + 1) > threshold for i in self.images)
+
+    @property
+    def content(self) -> Content:
+        if self.test.significant:
+            return Content.SEMANTIC
+        patch = self.patch_test
+        return Content.DISPLACED if patch is not None and patch.significant else Content.NONE
+
+    @property
+    def leaks(self) -> bool:
+        """At least one image is re-identified by SSIM at family-wise level α."""
+        return self.content is Content.SEMANTIC
+
+    @property
+    def worst(self) -> ImageEvidence:
+        """The most leaking image: the smallest p-value, then the highest SSIM."""
+        return min(self.images, key=lambda i: (i.p_value, -i.ssim))
+
+    @property
+    def worst_trial(self) -> int:
+        return self.worst.trial
+
+    @property
+    def median_ssim(self) -> float:
+        return statistics.median(i.ssim for i in self.images)
+
+    @property
+    def limitation(self) -> Limitation:
+        """Why the attack failed, were it to fail: information-limited only when every trial reached the truth."""
+        reached = [t.reached for t in self.trials]
+        if any(r is None for r in reached):
+            return Limitation.UNKNOWN
+        return Limitation.INFORMATION if all(reached) else Limitation.ATTACK
+
+    def ssim_of(self, image: str) -> float:
+        """The SSIM of ``image`` (a trial's private image, the first of its batch), the median over seeds."""
+        values = [i.ssim for i in self.images if i.image == image and i.position == 0]
+        if not values:
+            raise GiacheckError(f"{self.case_id}: no trial has private image {image!r}")
+        return statistics.median(values)
+
+    @property
+    def trial_images(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.image for t in self.trials))
+
+    def describe(self) -> str:
+        """One line: the worst image's numbers, the test, the limitation."""
+        w, test = self.worst, self.test
+        objective = self.trials[w.trial]
+        truth = ("objective at truth n/a" if objective.truth_objective is None else
+                 f"objective {objective.objective:.4f} vs truth's {objective.truth_objective:.4f}")
+        return (f"worst image {w.image}#{w.position} (seed {w.seed}): SSIM {w.ssim:.3f}, rank {w.rank}/"
+                f"{w.pool_size + 1}, z {w.z:+.1f}, p {w.p_value:.3g} (chance q95 {w.chance_q95:.3f}, max "
+                f"{w.chance_max:.3f}); {test.reidentified}/{test.tested} images re-identified at α={test.alpha} "
+                f"(p ≤ {test.threshold:.3g}); content {self.content}; {truth}")
+
+    def to_dict(self) -> dict[str, Any]:
+        test, patch = self.test, self.patch_test
+        worst = self.worst
+        return {
+            "alpha": self.alpha,
+            "set": sorted(f"{t.image}@seed{t.seed}" for t in self.trials),
+            "selection": self.selection,
+            "trials": len(self.trials),
+            "images": [i.to_dict() for i in self.images],
+            "objectives": [t.to_dict() for t in self.trials],
+            "tested": test.tested,
+            "threshold": test.threshold,
+            "reidentified": test.reidentified,
+            "patch_reidentified": None if patch is None else patch.reidentified,
+            "content": str(self.content),
+            "leaks": self.leaks,
+            "powerless": self.powerless,
+            "limitation": str(self.limitation),
+            "worst": {"image": worst.image, "position": worst.position, "seed": worst.seed, "ssim": worst.ssim,
+                      "rank": worst.rank, "pool_size": worst.pool_size, "z": worst.z, "p_value": worst.p_value,
+                      "chance_q95": worst.chance_q95, "chance_max": worst.chance_max,
+                      "objective": self.trials[worst.trial].objective,
+                      "truth_objective": self.trials[worst.trial].truth_objective},
+            "worst_ssim": max(i.ssim for i in self.images),
+            "median_ssim": self.median_ssim,
+        }
