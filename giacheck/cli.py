@@ -112,10 +112,13 @@ def _pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bn", default="train", help="client BatchNorm modes: train,eval (default: train)")
     parser.add_argument("--stats", default="none", help="BN-statistics access: none,naive,exact,proxy (default: none)")
     parser.add_argument("--updates", default="fedsgd", help="update types: fedsgd,fedavgK (default: fedsgd)")
-    parser.add_argument("--threshold", type=float, default=0.3,
-                        help="no configuration may exceed this SSIM (default: 0.3, the suites' infeasible level)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="besides re-identification (the rule every configuration is judged by: no image of "
+                             "any trial identifiable against a held-out pool), no image may exceed this SSIM "
+                             "(default: no SSIM cutoff)")
     parser.add_argument("--rule", action="append", default=[], metavar="WHERE:MAX_SSIM",
-                        help="an extra rule, e.g. 'bs>=8:0.1' (configurations with bs >= 8 stay at or below 0.1)")
+                        help="an extra rule, e.g. 'bs>=8:0.1' (configurations with bs >= 8: no image re-identified "
+                             "and none above SSIM 0.1)")
     parser.add_argument("--control", help="positive control case id (default: the sigmoid LeNet at the input size)")
     parser.add_argument("--data", default="bundled", help="image source: bundled, imagefolder:PATH, cifar10:PATH")
     parser.add_argument("--seed", type=int, default=0)
@@ -135,7 +138,9 @@ def _pack_from(args: argparse.Namespace):
     """A :class:`giacheck.pack.Pack` from the command line (validated when it is planned)."""
     from giacheck.pack import Grid, Pack, Rule
 
-    rules = [Rule(f"no configuration exceeds SSIM {args.threshold:g}", max_ssim=args.threshold)]
+    rules = [Rule("no configuration leaks an identifiable image" if args.threshold is None else
+                  f"no configuration leaks an identifiable image or an image above SSIM {args.threshold:g}",
+                  max_ssim=args.threshold)]
     for text in args.rule:
         where, sep, limit = text.rpartition(":")
         try:
@@ -144,7 +149,7 @@ def _pack_from(args: argparse.Namespace):
             max_ssim = None
         if not sep or max_ssim is None:
             raise GiacheckError(f"--rule {text!r}: write WHERE:MAX_SSIM, e.g. 'bs>=8:0.1'")
-        rules.append(Rule(f"{where} stays at or below SSIM {limit}", max_ssim=max_ssim, where=where))
+        rules.append(Rule(f"{where}: no image re-identified or above SSIM {limit}", max_ssim=max_ssim, where=where))
     channels: dict[str, tuple[float, ...]] = {}
     for flag in ("mean", "std"):
         text = getattr(args, flag)

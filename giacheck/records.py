@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -205,7 +206,8 @@ class EvidenceSummary:
             return cls(trials=int(challenge["trials"]), tested=int(challenge["tested"]),
                        reidentified=int(challenge["reidentified"]), worst_image=str(w["image"]),
                        worst_ssim=float(w["ssim"]), rank=int(w["rank"]), pool_size=int(w["pool_size"]),
-                       z=float(w["z"]), p_value=float(w["p_value"]), chance_q95=float(w["chance_q95"]),
+                       z=math.inf if w["z"] is None else float(w["z"]),  # None: infinite (no spread in the pool)
+                       p_value=float(w["p_value"]), chance_q95=float(w["chance_q95"]),
                        content=str(challenge["content"]), limitation=str(challenge["limitation"]),
                        objective=float(w["objective"]), truth_objective=_number_or_none(w.get("truth_objective")))
         except (KeyError, TypeError, ValueError):

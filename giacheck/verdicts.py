@@ -2,7 +2,8 @@
 
 A case runs over a :class:`giacheck.specs.ChallengeSet`: k private images × s attack seeds, one trial each.
 Every reconstructed image of every trial is re-identified against a held-out pool (:mod:`giacheck.reid`); the
-m p-values are combined by a Bonferroni test at family-wise level α, so the chance that a case whose
+m p-values are combined by a Bonferroni test at family-wise level α (:func:`giacheck.reid.combined_test`), so
+the chance that a case whose
 reconstructions carry no information about their images is called *leaking* is at most α. The verdict uses
 the most leaking image (smallest p-value, then highest SSIM); every per-image number is kept.
 
@@ -27,11 +28,11 @@ from enum import StrEnum
 from typing import Any
 
 from giacheck.errors import GiacheckError
+from giacheck.jsonio import finite
+from giacheck.reid import ALPHA, Reidentification, Test, combined_test
 
-__all__ = ["ALPHA", "REACHED_EPSILON", "Content", "Evidence", "ImageEvidence", "Limitation", "TrialEvidence",
-           "bonferroni"]
+__all__ = ["ALPHA", "REACHED_EPSILON", "Content", "Evidence", "ImageEvidence", "Limitation", "TrialEvidence"]
 
-ALPHA = 0.05  # family-wise false-positive rate of "leaks" over a challenge set
 REACHED_EPSILON = 0.1  # the attack reached the truth's objective: final <= truth * (1 + REACHED_EPSILON)
 
 
@@ -47,32 +48,6 @@ class Limitation(StrEnum):
     ATTACK = "attack-limited"  # it stopped above the truth's objective: an optimizer failure
     INFORMATION = "information-limited"  # it reached the truth's objective: the update does not determine the image
     UNKNOWN = "unknown"  # the attack does not expose its objective
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Bonferroni:
-    """m one-sided p-values combined at family-wise level ``alpha``: threshold ``alpha / m``."""
-
-    alpha: float
-    tested: int
-    threshold: float
-    reidentified: int
-    min_p_value: float
-
-    @property
-    def significant(self) -> bool:
-        return self.reidentified > 0
-
-
-def bonferroni(p_values: Sequence[float], *, alpha: float = ALPHA) -> Bonferroni:
-    """Bonferroni's test: valid whatever the dependence between the p-values (images of one batch, seeds)."""
-    if not p_values:
-        raise GiacheckError("a re-identification test needs at least one p-value; no image was scored")
-    if not 0 < alpha < 1:
-        raise GiacheckError(f"alpha={alpha!r}; valid: 0 < alpha < 1")
-    threshold = alpha / len(p_values)
-    return Bonferroni(alpha=alpha, tested=len(p_values), threshold=threshold,
-                      reidentified=sum(p <= threshold for p in p_values), min_p_value=min(p_values))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,7 +70,7 @@ class ImageEvidence:
     patch_chance_q95: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {**{name: getattr(self, name) for name in self.__dataclass_fields__}, "z": finite(self.z)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,12 +123,13 @@ class Evidence:
             if not isinstance(reid, Mapping) or not reid.get("per_image"):
                 raise GiacheckError(f"{case_id}: trial {t} has no re-identification scores (written by an older "
                                     "giacheck?); rerun the case")
-            for position, r in enumerate(reid["per_image"]):
+            for position, data in enumerate(reid["per_image"]):
+                r = Reidentification.from_dict(data)  # an infinite z is stored as None
                 images.append(ImageEvidence(
-                    trial=t, image=str(reid["image"]), seed=seed, position=position, ssim=r["ssim"], rank=r["rank"],
-                    pool_size=r["pool_size"], p_value=r["p_value"], z=r["z"], chance_q95=r["chance_q95"],
-                    chance_max=r["chance_max"], patch_ssim=r.get("patch_ssim"),
-                    patch_p_value=r.get("patch_p_value"), patch_chance_q95=r.get("patch_chance_q95")))
+                    trial=t, image=str(reid["image"]), seed=seed, position=position, ssim=r.ssim, rank=r.rank,
+                    pool_size=r.pool_size, p_value=r.p_value, z=r.z, chance_q95=r.chance_q95,
+                    chance_max=r.chance_max, patch_ssim=r.patch_ssim, patch_p_value=r.patch_p_value,
+                    patch_chance_q95=r.patch_chance_q95))
             truth = (result.get("truth") or {}).get("objective")
             trials.append(TrialEvidence(trial=t, image=str(reid["image"]), seed=seed,
                                         objective=float(result["objective"]),
@@ -162,17 +138,17 @@ class Evidence:
 
     # -- the tests
     @property
-    def test(self) -> Bonferroni:
-        """Re-identification by SSIM over every image of every trial."""
-        return bonferroni([i.p_value for i in self.images], alpha=self.alpha)
+    def test(self) -> Test:
+        """Re-identification by SSIM over every image of every trial (Bonferroni at family-wise level α)."""
+        return combined_test([i.p_value for i in self.images], alpha=self.alpha)
 
     @property
-    def patch_test(self) -> Bonferroni | None:
+    def patch_test(self) -> Test | None:
         """The same test on the secondary patch-matched score (None when it was not computed)."""
         values = [i.patch_p_value for i in self.images]
         if any(v is None for v in values):
             return None
-        return bonferroni(values, alpha=self.alpha)  # type: ignore[arg-type]
+        return combined_test(values, alpha=self.alpha)  # type: ignore[arg-type]
 
     @property
     def powerless(self) -> bool:
@@ -255,7 +231,7 @@ class Evidence:
             "powerless": self.powerless,
             "limitation": str(self.limitation),
             "worst": {"image": worst.image, "position": worst.position, "seed": worst.seed, "ssim": worst.ssim,
-                      "rank": worst.rank, "pool_size": worst.pool_size, "z": worst.z, "p_value": worst.p_value,
+                      "rank": worst.rank, "pool_size": worst.pool_size, "z": finite(worst.z), "p_value": worst.p_value,
                       "chance_q95": worst.chance_q95, "chance_max": worst.chance_max,
                       "objective": self.trials[worst.trial].objective,
                       "truth_objective": self.trials[worst.trial].truth_objective},

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _evidence import _evidence, _image, _trial
 from PIL import Image
 
 from giacheck import claims
@@ -302,15 +303,19 @@ def _judged(claim: claims.ClaimResult) -> CaseRecord:
                                   origin="computed")
 
 
+def _ev(case: str, ssim: float, p: float):
+    return _evidence(case, [_trial(case, "astronaut", [_image(ssim, p)])])
+
+
 def test_exit_code_from_records() -> None:
-    good, weak = claims.feasible(CONTROL, 0.9, min_ssim=0.6), claims.feasible(CONTROL, 0.1, min_ssim=0.6)
-    holds = claims.infeasible(TRAIN, 0.1, max_ssim=0.3, control=good)
-    leaks = claims.infeasible(EVAL, 0.5, max_ssim=0.3, control=good)
-    unsure = claims.infeasible(TRAIN, 0.1, max_ssim=0.3, control=weak)
+    good, weak = claims.feasible(_ev(CONTROL, 0.9, 0.001)), claims.feasible(_ev(CONTROL, 0.1, 0.5))
+    holds = claims.infeasible(_ev(TRAIN, 0.1, 0.5), control=good)
+    leaks = claims.infeasible(_ev(EVAL, 0.5, 0.001), control=good)
+    unsure = claims.infeasible(_ev(TRAIN, 0.1, 0.5), control=weak)
     assert exit_code([_judged(good), _judged(holds)]) == EXIT_OK == 0
     assert exit_code([_judged(good), _judged(holds), _judged(leaks)]) == EXIT_LEAKS == 1
     assert exit_code([_judged(weak), _judged(unsure)]) == EXIT_INCONCLUSIVE == 3
-    assert exit_code([_judged(weak), _judged(claims.regression(TRAIN, 0.5))]) == EXIT_INCONCLUSIVE
+    assert exit_code([_judged(weak), _judged(claims.regression(_ev(TRAIN, 0.5, 0.5)))]) == EXIT_INCONCLUSIVE
 
 
 # ------------------------------------------------------------------------------------------------ the output folder

@@ -4,7 +4,7 @@ leakage and two-sided for positive controls, and what summaries show for each py
 from __future__ import annotations
 
 import pytest
-from test_verdicts import _evidence, _image, _trial
+from _evidence import _evidence, _image, _trial
 
 from giacheck import claims
 from giacheck.claims import Verdict

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_verdicts import _batch_of_8_with_one_leak, _evidence, _image, _trial
+from _evidence import _batch_of_8_with_one_leak, _evidence, _image, _trial
 
 from giacheck import claims
 from giacheck.cli import main

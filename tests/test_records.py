@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _evidence import _evidence, _image, _trial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,8 +56,12 @@ class _FakeResult:
         return self.data
 
 
+def _ev(case: str, ssim: float, p: float):
+    return _evidence(case, [_trial(case, "astronaut", [_image(ssim, p)])])
+
+
 def make_record(**overrides: Any) -> CaseRecord:
-    claim = overrides.pop("claim", feasible(CASE, 0.6, min_ssim=0.5))
+    claim = overrides.pop("claim", feasible(_ev(CASE, 0.6, 0.001)))
     fields: dict[str, Any] = {
         "suite": "test_table1", "profile": "smoke", "claim": claim,
         "baseline": BaselineCheck(status=BaselineStatus.PASS, passed=True, message="ok", path="b.json", recorded=0.58),
@@ -75,7 +80,7 @@ def test_from_result_reads_scores_and_identity() -> None:
     assert scores.grad_distance == 0.125 and scores.init_ssim == 0.4
     assert record.identity == {"attack": "gradmatch", "iterations": 200, "restarts": 1, "lr": 0.1, "tv_weight": 0.01,
                                "bn_weight": 0.01, "bn_prior": "relative", "proxy_candidates": 4,
-                               "distance": "cosine", "profile": "smoke"}
+                               "distance": "cosine", "profile": "smoke", "challenge": None}
     assert record.result == result_dict()
     assert record.shown_verdict == "pass" and record.shown_baseline == "0.580 (pass)"
     assert record.with_outcome("failed").shown_verdict == "fail(base)"
@@ -182,8 +187,8 @@ def test_from_result_requires_the_ssim() -> None:
 
 def test_schema0_payload_is_upgraded() -> None:
     """What the plugin and the audit wrote before records existed."""
-    control = feasible("ctl", 0.8, min_ssim=0.6)
-    claim = infeasible(CASE, 0.1, max_ssim=0.3, control=control)
+    control = feasible(_ev("ctl", 0.8, 0.001))
+    claim = infeasible(_ev(CASE, 0.1, 0.5), control=control)
     payload = {"suite": "s", "case_id": CASE, "profile": "smoke", "claim": "infeasible", "verdict": "pass",
                "message": claim.message, "baseline": {"status": "fail", "path": "b.json", "recorded": 0.05},
                "wall_s": 2.5, "origin": "computed", "nodeid": "n", "outcome": "failed", "result": result_dict(),

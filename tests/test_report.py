@@ -16,6 +16,7 @@ from giacheck.cli import main
 from giacheck.errors import GiacheckError
 from giacheck.records import BaselineCheck, BaselineStatus, CaseRecord
 from giacheck.report import MANIFEST, CaseRow, load_results, write_report
+from giacheck.report.rows import EVIDENCE_COLUMNS
 
 ENABLED = "resnet18_cifar-32-bn_eval-bs1-stats_none"
 TRAIN = "resnet18_cifar-32-bn_train-bs1-stats_none"
@@ -135,7 +136,7 @@ def test_html_is_self_contained(merged: tuple[list[CaseRow], dict[str, Path]], t
     assert in_ladders and len(with_png) == len(rows) - 1
     assert text.count('<img class="case" src="data:image/png;base64,') == len(with_png) + len(in_ladders)
     assert text.count('src="data:image/png;base64,') == len(with_png) + len(in_ladders) + len(ladders)
-    assert "<th>Case id</th>" in text and '<th class="num">SSIM mean</th>' in text and "<th>Verdict</th>" in text
+    assert "<th>Case id</th>" in text and "<th>most leaking image: SSIM</th>" in text and "<th>Verdict</th>" in text
     for row in rows:
         assert row.case_id in text
     assert "http://" not in text and "https://" not in text
@@ -161,14 +162,16 @@ def test_schema0_results_are_read(tmp_path: Path) -> None:
     assert rows[0].record.schema == 1 and rows[0].record.nodeid == "suites/test_table1.py::t"
     assert rows[0].shown_baseline == "0.700 (pass)" and rows[0].shown_verdict == "pass"
     text = write_report(rows, tmp_path / "report")["md"].read_text()
-    assert f"| test_table1 | `{ENABLED}` | feasible | 0.500 | 0.500 | 0.600 | 0.700 (pass) | pass |" in text
+    dashes = " | ".join(["—"] * len(EVIDENCE_COLUMNS))  # a record from before challenge sets: no evidence columns
+    assert f"| test_table1 | `{ENABLED}` | feasible | {dashes} | 0.700 (pass) | pass |" in text
 
 
 def test_markdown_table(merged: tuple[list[CaseRow], dict[str, Path]], tmp_path: Path) -> None:
     rows, _ = merged
     text = write_report(rows, tmp_path / "report")["md"].read_text()
-    assert "| suite | case id | claim | SSIM mean | SSIM max | patch-matched | baseline | verdict |" in text
-    assert f"| test_table1 | `{ENABLED}` | feasible | 0.800 | 0.800 | 0.900 | 0.700 (pass) | pass |" in text
+    assert "| suite | case id | claim | k×s | most leaking image: SSIM | re-id rank | z |" in text
+    dashes = " | ".join(["—"] * len(EVIDENCE_COLUMNS))
+    assert f"| test_table1 | `{ENABLED}` | feasible | {dashes} | 0.700 (pass) | pass |" in text
     assert "![SSIM vs noise, swin_t_cifar](ladder-swin_t_cifar.png)" in text
 
 
@@ -293,3 +296,23 @@ def test_cli_report(merged: tuple[list[CaseRow], dict[str, Path]], tmp_path: Pat
     assert main(["report", str(paths["first"]), "--out", str(out)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("giacheck: error: ") and "foreign.txt" in captured.err
+
+
+def test_the_verdict_table_shows_the_evidence_of_a_challenge_set(tmp_path: Path) -> None:
+    """A case over a challenge set: its most leaking image, rank, z, chance level, the negative's kind."""
+    from _evidence import _evidence, _image, _trial
+
+    case = "resnet18_cifar-32-bn_train-bs1-stats_none"
+    evidence = _evidence(case, [_trial(case, "rocket", [_image(0.05, 0.4)], objective=0.39, truth=0.0058),
+                                _trial(case, "hubble_deep_field", [_image(0.02, 0.8)], objective=0.41,
+                                       truth=0.0057)])
+    result = {**_result(case, 0.05), "challenge": evidence.to_dict()}
+    judged = ClaimResult(kind="infeasible", case_id=case, verdict="pass", measured=0.05, threshold=0.025, message="m")
+    record = CaseRecord.from_result(result, suite="test_table1", profile="smoke", claim=judged, baseline=None,
+                                    wall_s=1.0, origin="computed", outcome="passed")
+    assert record.evidence is not None and record.evidence.limitation == "attack-limited"
+    row = CaseRow(record=record, source=tmp_path / "results.json")
+    assert row.evidence_cells() == ("2", "rocket 0.050", "40/100", "+0.0", "0.120", "0/2", "none", "attack-limited",
+                                    "0.3900 > 0.0058")
+    text = write_report([row], tmp_path / "report")["md"].read_text()
+    assert "| rocket 0.050 | 40/100 |" in text and "attack-limited" in text

@@ -85,10 +85,10 @@ def test_every_field_round_trips(tmp_path: Path, scaffoldmod: ModuleType) -> Non
                 updates=("fedsgd", "fedavg2"), labels=(LabelKnowledge.KNOWN, LabelKnowledge.INFERRED),
                 defences=("", "clip1.5"))
     pack = Pack(name="acme_everything", model=scaffoldmod.model, grid=grid,
-                rules=(Rule("no configuration exceeds SSIM 0.3", max_ssim=0.3),
+                rules=(Rule("no configuration leaks an identifiable image"),
                        Rule("bs >= 2 is infeasible", max_ssim=0.1, where="bs>=2,bn=train")),
                 input_size=16, num_classes=10, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4),
-                control="lenet_sigmoid-32-bn_eval-bs1-stats_none", control_min_ssim=0.7,
+                control="lenet_sigmoid-32-bn_eval-bs1-stats_none",
                 baselines=tmp_path / "shared" / "baselines", data=f"imagefolder:{_image_folder(tmp_path / 'imgs')}",
                 seed=7, attack=AttackSpec(iterations=5, tv_weight=0.5, distance="l2"), attacker="scaffold_probe")
     for cls, obj in ((Pack, pack), (Grid, grid)):
@@ -115,7 +115,7 @@ def test_defaults_stay_out_and_the_edited_fields_stay_in(tmp_path: Path) -> None
     assert "input_size=32," in text and "num_classes=10," in text, "pinned to what the entry resolved"
     assert "grid=Grid(" in text and "labels=(LabelKnowledge.KNOWN,)" in text, "every axis shown, to edit"
     assert "baselines=Path(__file__).parent / 'baselines'," in text and "rules=()," in text
-    for field in ("mean", "std", "control", "control_min_ssim", "data", "seed", "attack", "attacker"):
+    for field in ("mean", "std", "control", "data", "seed", "attack", "attacker"):
         assert f"    {field}=" not in text, field
     assert (tmp_path / "pack" / "baselines" / ".gitkeep").is_file()
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from giacheck.data.cifar import _CIFAR_DIRNAME, CIFAR10_CLASSES, Cifar10Images
 from giacheck.data.images import _SPEC_FORMS, BUNDLED_NAMES, IMAGE_EXTENSIONS, load_bundled, to_tensor_resized
-from giacheck.data.pool import POOL_LIMIT, heldout_pool, pool_limit
+from giacheck.data.pool import POOL_LIMIT, heldout_pool
 from giacheck.data.sources import BundledImages, ImageBatch, ImageFolderImages, ImageSource
 from giacheck.errors import DatasetError, close_matches
 
@@ -37,7 +37,6 @@ __all__ = [
     "POOL_LIMIT",
     "disjoint_pool",
     "heldout_pool",
-    "pool_limit",
     "load_bundled",
     "open_source",
     "select_batch",
