@@ -132,7 +132,8 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
         record(control_trials, control, wall)
         for case in plan.cases:
             trials, wall = run(case)
-            record(trials, pack.judge(trials.evidence, control), wall)
+            record(trials, pack.judge(trials.evidence, control, control_set=control_trials.evidence.trial_set),
+                   wall)
     finally:
         bar.close()
     files = {"results": write_results(records, out / RESULTS_JSON, profile=profile), "journal": journal.path}

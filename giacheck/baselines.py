@@ -32,7 +32,7 @@ BASELINE_KEYS = ("case_id", "profile", "ssim", "psnr", "secondary", "objective",
                  "challenge")
 # The statistics of a challenge set a baseline compares: (label, dotted path, two-sided for a positive control).
 # A result without a challenge set (written before them) compares its SSIM mean.
-_STATISTICS = (("worst-image SSIM", "challenge.worst_ssim", False), ("median SSIM", "challenge.median_ssim", True))
+_STATISTICS = (("highest image SSIM", "challenge.max_ssim", False), ("median SSIM", "challenge.median_ssim", True))
 
 
 class BaselineStore:
@@ -113,8 +113,8 @@ def check_baseline(store: BaselineStore, suite: str, result: Mapping[str, Any], 
     except BaselineError as exc:
         return BaselineCheck(status=BaselineStatus.CORRUPT, passed=False, message=str(exc), path=str(path))
     value = None
-    if recorded is not None:  # the recorded worst-image SSIM (the SSIM mean of a baseline without a challenge set)
-        worst = lookup(recorded, "challenge.worst_ssim")
+    if recorded is not None:  # the recorded highest image SSIM (the SSIM mean of a baseline without a challenge set)
+        worst = lookup(recorded, "challenge.max_ssim")
         value = float(worst if isinstance(worst, int | float) else recorded["ssim"]["mean"])
     changed = identity_changes(store.identity(recorded), attack_identity(result)) if recorded is not None else ()
     if update:

@@ -16,6 +16,7 @@ import torch
 
 from giacheck.artifacts import save_pair_png
 from giacheck.data import open_source
+from giacheck.errors import GiacheckError
 from giacheck.jsonio import write_json_atomic
 from giacheck.result import Result
 from giacheck.specs import ChallengeSet, RunOptions
@@ -49,6 +50,9 @@ class CaseTrials:
     @classmethod
     def of(cls, results: Sequence[Result], *, alpha: float = ALPHA, selection: str = "") -> CaseTrials:
         results = tuple(results)
+        if not results:
+            raise GiacheckError("no trial to run: the challenge set has no eligible private image in this source "
+                                "(a detection case needs images with box annotations)")
         case_id = results[0].case_id
         evidence = Evidence.from_results(case_id, [r.to_dict() for r in results], alpha=alpha, selection=selection)
         return cls(results=results, evidence=evidence)

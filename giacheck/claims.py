@@ -56,7 +56,7 @@ def check_tolerance(tolerance: object) -> float:
         value = math.nan
     if isinstance(tolerance, bool) or not math.isfinite(value) or value < 0:
         raise InvalidToleranceError(
-            f"baseline tolerance {tolerance!r}: give a finite number >= 0 in SSIM units (default 0.05); NaN or "
+            f"baseline tolerance {tolerance!r}: give a finite number >= 0 in SSIM units (default 0.06); NaN or "
             "inf would let every baseline check pass, a negative one would fail every check")
     return value
 
@@ -81,9 +81,21 @@ class ClaimResult:
         return self.verdict is Verdict.PASS
 
 
+def _powerless(evidence: Evidence) -> str:
+    return (f"the held-out pool ({evidence.worst.pool_size} views) is too small for any of the "
+            f"{evidence.test.tested} images to reach p ≤ {evidence.test.threshold:.3g}: this challenge set can show "
+            "no leak, so its result is no evidence either way; use a source with more images (--data) or fewer "
+            "images per case")
+
+
 def feasible(evidence: Evidence) -> ClaimResult:
-    """A positive control: some image of the challenge set is re-identified at family-wise level α."""
+    """A positive control: some image of the challenge set is re-identified at family-wise level α; inconclusive
+    when the pool is too small for any image to be significant."""
     ok = evidence.leaks
+    if not ok and evidence.powerless:
+        return ClaimResult(kind=ClaimKind.FEASIBLE, case_id=evidence.case_id, verdict=Verdict.INCONCLUSIVE,
+                           measured=evidence.worst.ssim, threshold=evidence.test.threshold,
+                           message=f"{evidence.case_id}: INCONCLUSIVE — {_powerless(evidence)}")
     return ClaimResult(
         kind=ClaimKind.FEASIBLE, case_id=evidence.case_id, verdict=Verdict.PASS if ok else Verdict.FAIL,
         measured=evidence.worst.ssim, threshold=evidence.test.threshold,
@@ -93,11 +105,14 @@ def feasible(evidence: Evidence) -> ClaimResult:
 
 
 def infeasible(evidence: Evidence, *, control: ClaimResult, enabler: ClaimResult | None = None,
-               needs: Limitation | None = None) -> ClaimResult:
+               needs: Limitation | None = None, control_sets: tuple[tuple[str, ...], ...] = ()) -> ClaimResult:
     """No image of the challenge set is re-identified — conclusive only when ``control`` (a feasible claim under
     the same budget, pool and tuning) and, where the suite has one, ``enabler`` (the same architecture with the
     enabler the claim is about: an unadapted stem, an inference-mode update, batch size 1) re-identify. With
-    ``needs`` the negative must also be of that kind (an information-limited claim refuses an optimizer failure).
+    ``needs`` the negative must also be of that kind: :attr:`Limitation.INFORMATION` refuses an optimizer failure;
+    :attr:`Limitation.ATTACK` (the attack fails at this budget) accepts either kind. ``control_sets``: the trial
+    sets (:attr:`Evidence.trial_set`) the controls ran on; a control run on other private images or seeds is no
+    control, and the claim is inconclusive.
     """
     controls = [c for c in (control, enabler) if c is not None]
     for c in controls:
@@ -112,17 +127,19 @@ def infeasible(evidence: Evidence, *, control: ClaimResult, enabler: ClaimResult
             f"{evidence.case_id}: INCONCLUSIVE — {evidence.describe()}; but the paired control(s) {names} did not "
             "re-identify under the same budget: an attack that reconstructs nothing proves nothing"))
     shown = ", ".join(c.case_id for c in controls)
-    if evidence.powerless:
+    other = [s for s in control_sets if s != evidence.trial_set]
+    if other:
         return ClaimResult(**base, verdict=Verdict.INCONCLUSIVE, message=(
-            f"{evidence.case_id}: INCONCLUSIVE — the held-out pool ({evidence.worst.pool_size} views) is too small "
-            f"for any of the {evidence.test.tested} images to reach p ≤ {evidence.test.threshold:.3g}: this "
-            "challenge set can show no leak, so its silence is no evidence; use a source with more images "
-            "(--data) or fewer images per case"))
+            f"{evidence.case_id}: INCONCLUSIVE — a control ran on {', '.join(other[0])}, the claim on "
+            f"{', '.join(evidence.trial_set)}: controls must run on the same private images and seeds"))
+    if evidence.powerless:
+        return ClaimResult(**base, verdict=Verdict.INCONCLUSIVE,
+                           message=f"{evidence.case_id}: INCONCLUSIVE — {_powerless(evidence)}")
     if evidence.leaks:
         return ClaimResult(**base, verdict=Verdict.FAIL, message=(
             f"{evidence.case_id}: infeasible claim FAILS (re-identified) — {evidence.describe()} (controls {shown})"))
     limitation = evidence.limitation
-    if needs is not None and limitation is not needs:
+    if needs is Limitation.INFORMATION and limitation is not needs:
         return ClaimResult(**base, verdict=Verdict.INCONCLUSIVE, message=(
             f"{evidence.case_id}: INCONCLUSIVE — not re-identified, but {limitation}, and the claim needs {needs}: "
             f"{evidence.describe()}"))

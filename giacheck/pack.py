@@ -379,7 +379,8 @@ class Pack:
         case = Case.parse(case_id)
         return [rule for rule in self.rules if rule.applies(case)]
 
-    def judge(self, evidence: Evidence, control: claims.ClaimResult | None) -> claims.ClaimResult:
+    def judge(self, evidence: Evidence, control: claims.ClaimResult | None, *,
+              control_set: tuple[str, ...] | None = None) -> claims.ClaimResult:
         """The verdict of one configuration on its most leaking image: every rule that applies (an infeasibility
         claim with the control), the first that fails deciding; a regression when no rule covers it."""
         rules = self.rules_for(evidence.case_id)
@@ -387,7 +388,8 @@ class Pack:
             return claims.regression(evidence)
         if control is None:
             raise ValueError(f"{evidence.case_id}: rules apply, so the positive control's claim is needed")
-        claim = claims.infeasible(evidence, control=control)
+        claim = claims.infeasible(evidence, control=control,
+                                  control_sets=(control_set,) if control_set is not None else ())
         worst_ssim = max(image.ssim for image in evidence.images)
         for rule in rules:
             # above the vendor's own cutoff is a leak whatever the control or the pool: no negative is claimed

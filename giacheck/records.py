@@ -194,6 +194,7 @@ class EvidenceSummary:
     limitation: str  # attack-limited, information-limited, unknown
     objective: float
     truth_objective: float | None
+    reached: bool | None = None  # the worst image's trial reached the truth's objective
 
     @classmethod
     def of(cls, result: Mapping[str, Any]) -> EvidenceSummary | None:
@@ -209,7 +210,8 @@ class EvidenceSummary:
                        z=math.inf if w["z"] is None else float(w["z"]),  # None: infinite (no spread in the pool)
                        p_value=float(w["p_value"]), chance_q95=float(w["chance_q95"]),
                        content=str(challenge["content"]), limitation=str(challenge["limitation"]),
-                       objective=float(w["objective"]), truth_objective=_number_or_none(w.get("truth_objective")))
+                       objective=float(w["objective"]), truth_objective=_number_or_none(w.get("truth_objective")),
+                       reached=w.get("reached"))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -222,7 +224,7 @@ class EvidenceSummary:
         """``0.0040 ≤ 0.0058`` (reached the truth's objective) or ``0.3900 > 0.0058``."""
         if self.truth_objective is None:
             return f"{self.objective:.4f} (truth n/a)"
-        sign = "≤" if self.limitation == "information-limited" else ">"
+        sign = "≤" if self.reached else ">"
         return f"{self.objective:.4f} {sign} {self.truth_objective:.4f}"
 
 

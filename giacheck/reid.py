@@ -364,7 +364,8 @@ def _record(plain: tuple[float, np.ndarray], tiled: tuple[float, np.ndarray] | N
                             chance_max=float(chance.max()), **extra)
 
 
-def reidentify(recon: Any, original: Any, pool: Any, *, patch: int | None = None) -> Reidentification:
+def reidentify(recon: Any, original: Any, pool: Any, *, patch: int | None = None,
+               match_colour: bool = True) -> Reidentification:
     """Re-identify one reconstruction of ``original`` against ``pool``: rank, p-value and chance level of its SSIM.
 
     Null hypothesis: ``recon`` carries no information about ``original``, and ``original`` is exchangeable with
@@ -383,17 +384,30 @@ def reidentify(recon: Any, original: Any, pool: Any, *, patch: int | None = None
         GiacheckError: shapes differ, an empty pool, images non-finite or outside [0, 1], or a bad patch size.
     """
     r, x = metrics._check_inputs(recon, original, names=("recon", "original"), batched=False)
-    p = _check_pool(pool, x.shape)
-    _check_patch(patch, x.shape)
-    plain, tiled = _scores(r[None], x[None], p, patch)
-    return _record(plain[0], tiled[0] if tiled else None)
+    return reidentify_batch(r[None], x[None], pool, patch=patch, match_colour=match_colour)[0]
+
+
+def recoloured(pool: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """``pool`` (N, H, W, C) with each image's per-channel mean and standard deviation set to ``original``'s
+    (clipped to [0, 1]): a reconstruction that reproduces only the image's colour statistics no longer stands
+    out from such a pool, so what re-identifies is structure, not colour."""
+    axes = (1, 2)
+    mean, std = pool.mean(axis=axes, keepdims=True), pool.std(axis=axes, keepdims=True)
+    target_mean, target_std = original.mean(axis=(0, 1)), original.std(axis=(0, 1))
+    scaled = np.where(std > 1e-12, (pool - mean) / np.where(std > 1e-12, std, 1.0), 0.0)
+    return np.clip(scaled * target_std + target_mean, 0.0, 1.0)
 
 
 def reidentify_batch(
-    recon: Any, originals: Any, pool: Any, *, patch: int | None = None
+    recon: Any, originals: Any, pool: Any, *, patch: int | None = None, match_colour: bool = True
 ) -> tuple[Reidentification, ...]:
-    """:func:`reidentify` for each ``recon[j]`` already matched to ``originals[j]`` (same batch order); the pool's
-    statistics are computed once for the batch.
+    """Re-identify ``recon[j]``, matched to ``originals[j]``, for each private image j of a batch.
+
+    The matching of reconstructions to originals maximized SSIM to the originals, so the score of ``recon[j]``
+    against ``originals[j]`` is compared with each pool image's score against its *best* reconstruction of the
+    batch (the maximum over all B): the matched score is at most x_j's own best score, which under the null is
+    exchangeable with the pool's, so the p-value stays valid (conservative) for any batch size. With
+    ``match_colour`` every pool image first takes x_j's colour statistics (:func:`recoloured`).
 
     Args:
         recon: ``(B, H, W, C)`` numpy or ``(B, C, H, W)`` torch, matched (e.g. ``recon[ImageScores.perm]``).
@@ -406,8 +420,16 @@ def reidentify_batch(
     r, x = metrics._check_inputs(recon, originals, names=("recon", "originals"), batched=True)
     p = _check_pool(pool, x.shape[1:])
     _check_patch(patch, x.shape)
-    plain, tiled = _scores(r, x, p, patch)
-    return tuple(_record(plain[j], tiled[j] if tiled else None) for j in range(len(x)))
+    out = []
+    for j in range(len(x)):
+        pool_j = recoloured(p, x[j]) if match_colour else p
+        plain, tiled = _scores(r, np.repeat(x[j:j + 1], len(r), axis=0), pool_j, patch)
+        chance = np.max([plain[i][1] for i in range(len(r))], axis=0)
+        tiled_j = None
+        if tiled:
+            tiled_j = (tiled[j][0], np.max([tiled[i][1] for i in range(len(r))], axis=0))
+        out.append(_record((plain[j][0], chance), tiled_j))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------- combining p-values

@@ -37,15 +37,23 @@ from giacheck.models import ModelEntry, build, get_entry
 from giacheck.provenance import manifest
 from giacheck.reid import reidentify_batch
 from giacheck.result import AttackInfo, Oracle, ProxyChoiceRecord, Reid, Result, Threat, Timings, Truth
-from giacheck.specs import AttackSpec, BNMode, Case, LabelKnowledge, RunOptions, Selection, StatsAccess, get_profile
+from giacheck.specs import (
+    CALIBRATION_IMAGES,
+    AttackSpec,
+    BNMode,
+    Case,
+    LabelKnowledge,
+    RunOptions,
+    Selection,
+    StatsAccess,
+    get_profile,
+)
 from giacheck.tasks import Task, get_task
 from giacheck.validation import check_case
 
 __all__ = ["Result", "controlled_init", "resolve_device", "run_case"]  # controlled_init: from giacheck.ladder
 
-# Views in the re-identification pool above 64 px: enough for 4 images at α = 0.05 (79 views). Re-identifying one
-# 224-px image against 256 views costs about 10 s on a CPU (4 s SSIM, 6 s patch-matched), against 96 about 4 s.
-LARGE_POOL = 96
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +131,7 @@ def _prepare(case: Case, profile: str, device: str, options: RunOptions) -> _Set
     torch_device = resolve_device(device)
     batch = task.client_batch(source, batch_size=case.client.batch_size, size=case.model.resolution,
                               first=options.image)
+    _check_pool_left(source, batch, case)
     model = build(case.model.name, case.model.resolution, seed=options.seed).to(torch_device)
     if case.client.bn_mode is BNMode.TRAIN:
         _check_train_mode_bn(model, tuple(batch.images.shape), case)
@@ -165,9 +174,8 @@ def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, truth: float |
     patch = max(4, s.case.model.resolution // 8)
     patch_ssim = metrics.patch_matched_ssim_batch(rec.best, original, patch=patch, perm=scores.perm)
     matched = rec.best[list(scores.perm)].cpu()  # reordered: matched[j] is the reconstruction of original[j]
-    excluded = (*s.batch.names, *knowledge.auxiliary)
-    size = s.case.model.resolution
-    pool = heldout_pool(s.source, exclude=list(excluded), size=size, limit=POOL_LIMIT if size <= 64 else LARGE_POOL)
+    excluded = (*s.batch.names, *knowledge.auxiliary, *_calibration(s.source))
+    pool = heldout_pool(s.source, exclude=list(excluded), size=s.case.model.resolution, limit=POOL_LIMIT)
     reids = reidentify_batch(matched, original.cpu(), pool.images, patch=patch)
     marks.append(time.perf_counter())
     build_s, client_s, prepare_s, attack_s, metrics_s = (b - a for a, b in itertools.pairwise(marks))
@@ -195,11 +203,28 @@ def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, truth: float |
                           model=s.entry.upstream),
         reid=Reid(image=s.batch.names[0], per_image=[r.to_dict() for r in reids], pool_size=len(pool.names),
                   pool=f"{s.source.name}: {len(pool.names)} views of images other than the client's "
-                       f"{len(s.batch.names)} and the attacker's {len(knowledge.auxiliary)} auxiliary ones"),
+                       f"{len(s.batch.names)}, the attacker's {len(knowledge.auxiliary)} auxiliary ones and the "
+                       f"{len(_calibration(s.source))} the defaults were tuned on, recoloured to each private "
+                       "image's colour statistics"),
         truth=Truth(objective=truth),
         original=original.cpu(),
         reconstruction=matched,
     )
+
+
+def _calibration(source: ImageSource) -> tuple[str, ...]:
+    """The images of ``source`` the profiles' hyper-parameters were tuned on: never in a re-identification pool."""
+    names = {source.image_name(i) for i in range(len(source))}
+    return tuple(name for name in CALIBRATION_IMAGES if name in names) if source.name == "bundled" else ()
+
+
+def _check_pool_left(source: ImageSource, batch: ImageBatch, case: Case) -> None:
+    """Some image must be left for the re-identification pool: checked before any compute."""
+    left = len(source) - len(batch.names) - len(_calibration(source))
+    if left < 1:
+        raise GiacheckError(f"{case.id}: no image of {source.name} is left for the re-identification pool after "
+                            f"the client's {len(batch.names)} and {len(_calibration(source))} calibration images; "
+                            "give a source with more images (--data)")
 
 
 def _check_train_mode_bn(model: torch.nn.Module, input_shape: tuple[int, ...], case: Case) -> None:

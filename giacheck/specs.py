@@ -32,6 +32,7 @@ __all__ = [
     "Profile",
     "RunOptions",
     "ChallengeSet",
+    "CALIBRATION_IMAGES",
     "case_id",
     "Selection",
     "StatsAccess",
@@ -456,6 +457,9 @@ class Profile:
 CHALLENGE_SELECTION = ("most vulnerable of rocket, bus, zidane, motorcycle, hubble_deep_field by the update distance "
                        "of a 100-iteration attack on resnet18_cifar-32-bn_eval-bs1-stats_none (no SSIM read)")
 SMOKE_CHALLENGE = ("hubble_deep_field", "rocket")
+# The bundled images the smoke TV weight and budget were chosen on (by SSIM): outside every challenge set and
+# every re-identification pool.
+CALIBRATION_IMAGES = ("astronaut", "chelsea", "coffee")
 PAPER_CHALLENGE = ("hubble_deep_field", "rocket", "zidane")
 
 PROFILES: dict[str, Profile] = {

@@ -14,13 +14,14 @@ What leaked, as the paper distinguishes it:
 - ``none``.
 
 Why a negative failed (scoring side only, from the attack objective at the true images, :mod:`giacheck.diagnostics`):
-*information-limited* when every trial reached an objective at or below the truth's (within a relative
-:data:`REACHED_EPSILON`), *attack-limited* when some trial stopped above it, ``unknown`` when the attack does not
-expose its objective. SSIM cutoffs are reported columns, never the rule. No torch import.
+*information-limited* when every trial reached an objective at or below the truth's (within
+:data:`REACHED_EPSILON` × |truth's|), *attack-limited* when some trial stopped above it, ``unknown`` when the
+attack does not expose its objective. SSIM cutoffs are reported columns, never the rule. No torch import.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -86,9 +87,10 @@ class TrialEvidence:
     @property
     def reached(self) -> bool | None:
         """Whether the attack got as low as the truth's objective (within :data:`REACHED_EPSILON`); None: unknown."""
-        if self.truth_objective is None:
+        truth = self.truth_objective
+        if truth is None or not math.isfinite(truth) or not math.isfinite(self.objective):
             return None
-        return self.objective <= self.truth_objective * (1 + REACHED_EPSILON)
+        return self.objective <= truth + REACHED_EPSILON * abs(truth)
 
     def to_dict(self) -> dict[str, Any]:
         return {"trial": self.trial, "image": self.image, "seed": self.seed, "objective": self.objective,
@@ -114,7 +116,8 @@ class Evidence:
             GiacheckError: no trial, a trial of another case, or a trial without re-identification scores.
         """
         if not results:
-            raise GiacheckError(f"{case_id}: no trial ran, so there is no evidence either way")
+            raise GiacheckError(f"{case_id}: no trial ran (the challenge set has no eligible private image in this "
+                                "source), so there is no evidence either way")
         images, trials = [], []
         for t, result in enumerate(results):
             if result.get("case_id") != case_id:
@@ -198,6 +201,11 @@ class Evidence:
         return statistics.median(values)
 
     @property
+    def trial_set(self) -> tuple[str, ...]:
+        """``image@seedS`` of every trial, sorted: what a claim and its controls must share."""
+        return tuple(sorted(f"{t.image}@seed{t.seed}" for t in self.trials))
+
+    @property
     def trial_images(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(t.image for t in self.trials))
 
@@ -206,7 +214,8 @@ class Evidence:
         w, test = self.worst, self.test
         objective = self.trials[w.trial]
         truth = ("objective at truth n/a" if objective.truth_objective is None else
-                 f"objective {objective.objective:.4f} vs truth's {objective.truth_objective:.4f}")
+                 f"objective {objective.objective:.4f} {'≤' if objective.reached else '>'} truth's "
+                 f"{objective.truth_objective:.4f} ({self.limitation})")
         return (f"worst image {w.image}#{w.position} (seed {w.seed}): SSIM {w.ssim:.3f}, rank {w.rank}/"
                 f"{w.pool_size + 1}, z {w.z:+.1f}, p {w.p_value:.3g} (chance q95 {w.chance_q95:.3f}, max "
                 f"{w.chance_max:.3f}); {test.reidentified}/{test.tested} images re-identified at α={test.alpha} "
@@ -217,7 +226,7 @@ class Evidence:
         worst = self.worst
         return {
             "alpha": self.alpha,
-            "set": sorted(f"{t.image}@seed{t.seed}" for t in self.trials),
+            "set": list(self.trial_set),
             "selection": self.selection,
             "trials": len(self.trials),
             "images": [i.to_dict() for i in self.images],
@@ -234,7 +243,8 @@ class Evidence:
                       "rank": worst.rank, "pool_size": worst.pool_size, "z": finite(worst.z), "p_value": worst.p_value,
                       "chance_q95": worst.chance_q95, "chance_max": worst.chance_max,
                       "objective": self.trials[worst.trial].objective,
+                      "reached": self.trials[worst.trial].reached,
                       "truth_objective": self.trials[worst.trial].truth_objective},
-            "worst_ssim": max(i.ssim for i in self.images),
+            "max_ssim": max(i.ssim for i in self.images),
             "median_ssim": self.median_ssim,
         }

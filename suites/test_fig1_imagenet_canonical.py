@@ -32,4 +32,4 @@ def test_swin_t_partially_feasible(gia) -> None:
 @pytest.mark.parametrize("case", NEGATIVE)
 def test_canonical_models_infeasible(gia, case: str) -> None:
     gia.require_profile("paper", "224x224 reconstructions need GPU budgets (DESIGN §9)")
-    gia.infeasible(case, control=SWIN)
+    gia.infeasible(case, control=SWIN, needs="attack-limited")

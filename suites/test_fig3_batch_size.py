@@ -30,7 +30,8 @@ def test_canonical_bs2_collapses(gia) -> None:
     """"Doubling the batch size is sufficient to cause reconstruction quality to degrade almost entirely to
     noise" (§4.5.4): bs2 is not re-identified, with bs1 on the same first image as the enabler control."""
     gia.require_profile("paper", "224x224 reconstructions need GPU budgets (DESIGN §9)")
-    gia.infeasible("swin_t-224-bn_eval-bs2-stats_none", control="swin_t-224-bn_eval-bs1-stats_none")
+    gia.infeasible("swin_t-224-bn_eval-bs2-stats_none", control="swin_t-224-bn_eval-bs1-stats_none",
+                   needs="attack-limited")
 
 
 def test_analogue_32px_bs1_leaks_more_than_bs2(gia) -> None:
@@ -42,4 +43,4 @@ def test_analogue_32px_bs1_leaks_more_than_bs2(gia) -> None:
 def test_analogue_32px_bs2_collapses(gia) -> None:
     """Analogue of "degrade almost entirely to noise": bs2 is not re-identified; bs1 of the same model on the same
     first images is the enabler control, the 32×32 ResNet-18 control the budget's."""
-    gia.infeasible(BS2_32, control=CONTROL_32, enabler=BS1_32)
+    gia.infeasible(BS2_32, control=CONTROL_32, enabler=BS1_32, needs="attack-limited")

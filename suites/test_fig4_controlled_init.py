@@ -40,7 +40,7 @@ def _gains(trials) -> list[tuple[str, float, float, float]]:
 
 def _recovers(gia, case: str, options: RunOptions | None = None) -> None:
     trials = gia.feasible(case, options=options)
-    short = [g for g in _gains(trials) if g[3] <= g[2]]
+    short = [g for g in _gains(trials) if g[3] <= g[2] and g[1] < 0.999]  # rung 0 starts at the truth itself
     assert not short, (f"{case}: the reconstruction does not beat the best gradient-free denoiser of its start on "
                        + ", ".join(f"{i} (start {s:.3f}, denoised {d:.3f}, reconstruction {r:.3f})"
                                    for i, s, d, r in short))

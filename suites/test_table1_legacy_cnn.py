@@ -20,7 +20,7 @@ def test_post_act_inference_mode_update_is_feasible(gia) -> None:
 
 def test_post_act_training_mode_update_is_infeasible(gia) -> None:
     # the control is also the same-architecture enabler control: the same network's inference-mode update
-    gia.infeasible("resnet18_cifar-32-bn_train-bs1-stats_none", control=CONTROL_32)
+    gia.infeasible("resnet18_cifar-32-bn_train-bs1-stats_none", control=CONTROL_32, needs="attack-limited")
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -209,7 +209,7 @@ def test_init_pack_record_pass_then_leak_fails(pytester: pytest.Pytester, monkey
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
         "*vendor_cnn-16-bn_train-bs4-stats_none: LEAKAGE ROSE above the recorded baseline — measured SSIM 0.*, "
-        f"recorded {recorded:.3f}, tolerance 0.050 (one-sided)*"])
+        f"recorded {recorded:.3f}, tolerance 0.060 (one-sided)*"])
     assert baseline.read_bytes() == before, "a failing run never rewrites a baseline"
 
 

@@ -33,7 +33,9 @@ def test_content_semantic_displaced_none() -> None:
 @pytest.mark.parametrize(("objectives", "truth", "expected"), [
     ((0.0040, 0.0050), 0.0058, Limitation.INFORMATION),  # ConvNeXt-T adapted: below the truth's objective
     ((0.0040, 0.39), 0.0058, Limitation.ATTACK),  # one trial stopped far above it: an optimizer failure
-    ((0.0058 * (1 + REACHED_EPSILON), 0.004), 0.0058, Limitation.INFORMATION),  # within epsilon
+    ((0.0058 + REACHED_EPSILON * 0.0058, 0.004), 0.0058, Limitation.INFORMATION),  # within epsilon
+    ((-1.0e-4, -1.0e-4), -0.95e-4, Limitation.INFORMATION),  # a negative objective: below the truth's is reached
+    ((0.004, 0.004), float("nan"), Limitation.UNKNOWN),  # a broken diagnostic is no evidence of either kind
     ((0.004, 0.004), None, Limitation.UNKNOWN),  # the attack does not expose its objective
 ])
 def test_limitation(objectives: tuple[float, float], truth: float | None, expected: Limitation) -> None:

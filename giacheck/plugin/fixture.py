@@ -135,18 +135,21 @@ class GiaFixture:
         self._conclude(trials, claims.feasible(trials.evidence), positive=True)
         return trials
 
-    def infeasible(self, case: str | Case, *, control: str | Case, enabler: str | Case | None = None,
-                   needs: Limitation | str | None = None, options: RunOptions | None = None) -> CaseTrials:
+    def infeasible(self, case: str | Case, *, control: str | Case, needs: Limitation | str,
+                   enabler: str | Case | None = None, options: RunOptions | None = None) -> CaseTrials:
         """No image re-identified; *inconclusive* unless ``control`` and ``enabler`` (the same architecture with
         the enabler the claim is about, where the suite has one) re-identify under the same budget and pool.
-        ``needs``: the kind of negative the claim needs (``attack-limited`` or ``information-limited``)."""
+        ``needs``: the kind of negative the claim needs, stated by every claim: ``attack-limited`` (the attack fails
+        at this budget; either kind passes) or ``information-limited`` (it reached the truth's objective: the
+        update does not determine the image)."""
         from giacheck.verdicts import Limitation
 
-        control_claim = self._control_claim(control, options)
-        enabler_claim = self._control_claim(enabler, options) if enabler is not None else None
+        controls = [self.trials(c, options=self._tuned(c, options)) for c in (control, enabler) if c is not None]
+        control_claim, *rest = [claims.feasible(t.evidence) for t in controls]
         trials = self.trials(case, options=self._tuned(case, options))
-        claim = claims.infeasible(trials.evidence, control=control_claim, enabler=enabler_claim,
-                                  needs=Limitation(needs) if needs is not None else None)
+        claim = claims.infeasible(trials.evidence, control=control_claim, enabler=rest[0] if rest else None,
+                                  needs=Limitation(needs),
+                                  control_sets=tuple(t.evidence.trial_set for t in controls))
         self._conclude(trials, claim, positive=False)
         return trials
 
@@ -182,15 +185,13 @@ class GiaFixture:
         with the control re-identifying under the same budget), or a regression; and its recorded baseline."""
         self._use_pack(pack)
         options = pack.run_options()
-        control = None
+        control = control_set = None
         if pack.rules_for(case_id):
-            control = claims.feasible(self.trials(pack.control_id, options=options).evidence)
+            control_trials = self.trials(pack.control_id, options=options)
+            control, control_set = claims.feasible(control_trials.evidence), control_trials.evidence.trial_set
         trials = self.trials(case_id, options=options)
-        self._conclude(trials, pack.judge(trials.evidence, control), positive=False)
+        self._conclude(trials, pack.judge(trials.evidence, control, control_set=control_set), positive=False)
         return trials
-
-    def _control_claim(self, control: str | Case, options: RunOptions | None) -> claims.ClaimResult:
-        return claims.feasible(self.trials(control, options=self._tuned(control, options)).evidence)
 
     def _use_pack(self, pack: Any) -> None:
         """Baselines and artifacts of a pack live under its own name (and its own folder, when it has one)."""
