@@ -135,6 +135,12 @@ def infeasible(evidence: Evidence, *, control: ClaimResult, enabler: ClaimResult
     if evidence.powerless:
         return ClaimResult(**base, verdict=Verdict.INCONCLUSIVE,
                            message=f"{evidence.case_id}: INCONCLUSIVE — {_powerless(evidence)}")
+    if evidence.invalid and not evidence.leaks:
+        names = ", ".join(f"{i.image}#{i.position}" for i in evidence.invalid)
+        return ClaimResult(**base, verdict=Verdict.INCONCLUSIVE, message=(
+            f"{evidence.case_id}: INCONCLUSIVE — the held-out pool cannot judge {names}: uniform noise is "
+            "re-identified as it (an image unlike the pool's), so its silence is no evidence; "
+            f"{evidence.describe()}"))
     if evidence.leaks:
         return ClaimResult(**base, verdict=Verdict.FAIL, message=(
             f"{evidence.case_id}: infeasible claim FAILS (re-identified) — {evidence.describe()} (controls {shown})"))

@@ -184,8 +184,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     outcome = run_audit(_pack_from(args), profile=args.profile, device=args.device, out=args.out,
                         progress=args.progress)
     for record in outcome.cases:
-        print(f"{record.verdict or '?':>12}  {record.case_id:48} SSIM {record.scores.ssim_mean:.3f}  "
-              f"({record.claim or 'no claim'})")
+        ev = record.evidence
+        shown = (f"most leaking image {ev.worst_image} SSIM {ev.worst_ssim:.3f} rank {ev.shown_rank} "
+                 f"({ev.reidentified}/{ev.tested} re-identified)" if ev else f"SSIM {record.scores.ssim_mean:.3f}")
+        print(f"{record.verdict or '?':>12}  {record.case_id:48} {shown}  ({record.claim or 'no claim'})")
     for case_id, why in outcome.not_applicable:
         print(f"{'n/a':>12}  {case_id:48} {why}")
     print(f"report: {outcome.files['html']}")

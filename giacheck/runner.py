@@ -35,7 +35,7 @@ from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.ladder import controlled_init, denoised_ssim, ladder_init
 from giacheck.models import ModelEntry, build, get_entry
 from giacheck.provenance import manifest
-from giacheck.reid import reidentify_batch
+from giacheck.reid import reidentify, reidentify_batch
 from giacheck.result import AttackInfo, Oracle, ProxyChoiceRecord, Reid, Result, Threat, Timings, Truth
 from giacheck.specs import (
     CALIBRATION_IMAGES,
@@ -177,6 +177,7 @@ def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, truth: float |
     excluded = (*s.batch.names, *knowledge.auxiliary, *_calibration(s.source))
     pool = heldout_pool(s.source, exclude=list(excluded), size=s.case.model.resolution, limit=POOL_LIMIT)
     reids = reidentify_batch(matched, original.cpu(), pool.images, patch=patch)
+    nulls = _null_p_values(original.cpu(), pool.images)
     marks.append(time.perf_counter())
     build_s, client_s, prepare_s, attack_s, metrics_s = (b - a for a, b in itertools.pairwise(marks))
     return Result(
@@ -201,7 +202,9 @@ def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, truth: float |
                         total_s=marks[-1] - marks[0]),
         manifest=manifest(s.device, s.options.seed, data=s.source.name, images=s.batch.names,
                           model=s.entry.upstream),
-        reid=Reid(image=s.batch.names[0], per_image=[r.to_dict() for r in reids], pool_size=len(pool.names),
+        reid=Reid(image=s.batch.names[0], per_image=[{**r.to_dict(), "null_p_values": null}
+                                                     for r, null in zip(reids, nulls, strict=True)],
+                  pool_size=len(pool.names),
                   pool=f"{s.source.name}: {len(pool.names)} views of images other than the client's "
                        f"{len(s.batch.names)}, the attacker's {len(knowledge.auxiliary)} auxiliary ones and the "
                        f"{len(_calibration(s.source))} the defaults were tuned on, recoloured to each private "
@@ -210,6 +213,22 @@ def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, truth: float |
         original=original.cpu(),
         reconstruction=matched,
     )
+
+
+NULL_DRAWS = 3  # uniform-noise "reconstructions" per private image that check the pool's exchangeability
+
+
+def _null_p_values(original: torch.Tensor, pool: torch.Tensor) -> list[list[float]]:
+    """Per private image, the re-identification p-values of :data:`NULL_DRAWS` uniform-noise images (what the
+    attack starts from, independent of the image): a pool exchangeable with the image re-identifies them only by
+    chance. An image whose noise is re-identified (an atypical image: nearly black, say) cannot be judged
+    against this pool (:attr:`giacheck.verdicts.ImageEvidence.valid`)."""
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for x in original:
+        noise = torch.rand((NULL_DRAWS, *x.shape), generator=gen)
+        out.append([reidentify(n, x, pool).p_value for n in noise])
+    return out
 
 
 def _calibration(source: ImageSource) -> tuple[str, ...]:

@@ -69,9 +69,15 @@ class ImageEvidence:
     patch_ssim: float | None
     patch_p_value: float | None
     patch_chance_q95: float | None
+    null_p_values: tuple[float, ...] = ()  # uniform-noise images re-identified against the same pool
+
+    def valid_at(self, threshold: float) -> bool:
+        """The pool is exchangeable enough with this image: no noise image reaches ``threshold``."""
+        return all(p > threshold for p in self.null_p_values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{name: getattr(self, name) for name in self.__dataclass_fields__}, "z": finite(self.z)}
+        return {**{name: getattr(self, name) for name in self.__dataclass_fields__}, "z": finite(self.z),
+                "null_p_values": list(self.null_p_values)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,12 +133,14 @@ class Evidence:
                 raise GiacheckError(f"{case_id}: trial {t} has no re-identification scores (written by an older "
                                     "giacheck?); rerun the case")
             for position, data in enumerate(reid["per_image"]):
+                data = dict(data)
+                nulls = tuple(float(p) for p in data.pop("null_p_values", ()))
                 r = Reidentification.from_dict(data)  # an infinite z is stored as None
                 images.append(ImageEvidence(
                     trial=t, image=str(reid["image"]), seed=seed, position=position, ssim=r.ssim, rank=r.rank,
                     pool_size=r.pool_size, p_value=r.p_value, z=r.z, chance_q95=r.chance_q95,
                     chance_max=r.chance_max, patch_ssim=r.patch_ssim, patch_p_value=r.patch_p_value,
-                    patch_chance_q95=r.patch_chance_q95))
+                    patch_chance_q95=r.patch_chance_q95, null_p_values=nulls))
             truth = (result.get("truth") or {}).get("objective")
             trials.append(TrialEvidence(trial=t, image=str(reid["image"]), seed=seed,
                                         objective=float(result["objective"]),
@@ -142,8 +150,16 @@ class Evidence:
     # -- the tests
     @property
     def test(self) -> Test:
-        """Re-identification by SSIM over every image of every trial (Bonferroni at family-wise level α)."""
-        return combined_test([i.p_value for i in self.images], alpha=self.alpha)
+        """Re-identification by SSIM over every image of every trial (Bonferroni at family-wise level α); an
+        invalid image (its noise control re-identified) counts as not re-identified."""
+        threshold = self.alpha / len(self.images)
+        return combined_test([i.p_value if i.valid_at(threshold) else 1.0 for i in self.images], alpha=self.alpha)
+
+    @property
+    def invalid(self) -> tuple[ImageEvidence, ...]:
+        """Images the pool cannot judge: a uniform-noise image is re-identified as them at the test's threshold."""
+        threshold = self.alpha / len(self.images)
+        return tuple(i for i in self.images if not i.valid_at(threshold))
 
     @property
     def patch_test(self) -> Test | None:
@@ -238,6 +254,7 @@ class Evidence:
             "content": str(self.content),
             "leaks": self.leaks,
             "powerless": self.powerless,
+            "invalid": [f"{i.image}#{i.position}@seed{i.seed}" for i in self.invalid],
             "limitation": str(self.limitation),
             "worst": {"image": worst.image, "position": worst.position, "seed": worst.seed, "ssim": worst.ssim,
                       "rank": worst.rank, "pool_size": worst.pool_size, "z": finite(worst.z), "p_value": worst.p_value,

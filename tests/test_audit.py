@@ -29,8 +29,9 @@ from giacheck.pack import Grid, Pack, Rule
 from giacheck.records import BaselineStatus, CaseRecord
 from giacheck.specs import AttackSpec
 
-# A vendor's CNN, not in the registry. Smoke budget at 16 px: bn_train bs1 SSIM -0.181, bn_eval bs1 0.105;
-# the default control (lenet_sigmoid-16) reaches 0.901.
+# A vendor's CNN, not in the registry. Smoke budget at 16 px over the smoke challenge set: bn_train bs1 not
+# re-identified (most leaking image SSIM 0.006, p 0.27), bn_eval bs1 re-identified (0.681, p 0.0078); the default
+# control (lenet_sigmoid-16) 0.853, p 0.0039.
 TINYMOD = '''
 from torch import nn
 
@@ -178,7 +179,7 @@ def test_audit_end_to_end_then_rerun_that_leaks(tmp_path: Path, capsys: pytest.C
     assert lines[0].split()[:2] == ["pass", CONTROL] and lines[0].endswith("(feasible)")
     assert lines[1].split()[:2] == ["pass", TRAIN] and lines[1].endswith("(infeasible)")
     assert lines[-2] == f"report: {out / 'report.html'}"
-    assert lines[-1] == "audit: no configuration leaks above its threshold (exit 0)"
+    assert lines[-1] == "audit: no configuration leaks an identifiable image (exit 0)"
     # --progress draws the bar even into a pipe (standard error is not a terminal here)
     assert captured.err.startswith("\r") and "| 1/2 [" in captured.err and "| 2/2 [" in captured.err
     assert captured.err.endswith("\n")
@@ -195,8 +196,9 @@ def test_audit_end_to_end_then_rerun_that_leaks(tmp_path: Path, capsys: pytest.C
     assert [c["case_id"] for c in cases] == [CONTROL, TRAIN]
     assert [(c["suite"], c["claim"], c["verdict"], c["outcome"]) for c in cases] == [
         ("tiny_cnn", "feasible", "pass", "passed"), ("tiny_cnn", "infeasible", "pass", "passed")]
-    assert cases[0]["result"]["ssim"]["mean"] >= 0.6 > 0.3 >= cases[1]["result"]["ssim"]["mean"]
-    assert cases[1]["message"].startswith("rule 'no configuration exceeds SSIM 0.3': ")
+    assert cases[0]["result"]["challenge"]["leaks"] and not cases[1]["result"]["challenge"]["leaks"]
+    assert cases[0]["result"]["challenge"]["trials"] == 2, "the smoke challenge set: 2 images x 1 seed"
+    assert cases[1]["message"].startswith("rule(s) 'no configuration leaks an identifiable image': ")
     assert all(c["schema"] == 1 and c["baseline"]["status"] == "not checked" for c in cases)
     assert [CaseRecord.from_json(c).claim for c in cases] == [claims.ClaimKind.FEASIBLE, claims.ClaimKind.INFEASIBLE]
     journal = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -205,7 +207,8 @@ def test_audit_end_to_end_then_rerun_that_leaks(tmp_path: Path, capsys: pytest.C
     for case_id in (CONTROL, TRAIN):
         png = out / "smoke" / "tiny_cnn" / f"{case_id}.png"
         with Image.open(png) as image:
-            assert image.format == "PNG" and image.size == (16 * 4, 2 * 16 * 4)  # original above reconstruction
+            # every trial's private image above its reconstruction: 2 trials side by side
+            assert image.format == "PNG" and image.size == (2 * 16 * 4, 2 * 16 * 4)
         pngs[case_id] = png.read_bytes()
         assert json.loads(png.with_suffix(".json").read_text())["case_id"] == case_id
 
@@ -229,13 +232,16 @@ def test_audit_end_to_end_then_rerun_that_leaks(tmp_path: Path, capsys: pytest.C
     assert captured.out.splitlines()[-1] == f"audit: LEAKS: {EVAL} (exit 1)"
     assert "\r" not in captured.err, "--no-progress: no bar"
     logged = [m for m in caplog.messages if m.startswith("[")]
-    assert [m.split(": SSIM ")[0] for m in logged] == [f"[1/3] {CONTROL}", f"[2/3] {TRAIN}", f"[3/3] {EVAL}"]
+    assert [m.split(": worst image SSIM ")[0] for m in logged] == [f"[1/3] {CONTROL}", f"[2/3] {TRAIN}",
+                                                                   f"[3/3] {EVAL}"]
     assert [m.rsplit(" ", 1)[1] for m in logged] == ["pass", "pass", "fail"]
     rerun = json.loads((out / "results.json").read_text())["cases"]
     assert [(c["case_id"], c["verdict"]) for c in rerun] == [(CONTROL, "pass"), (TRAIN, "pass"), (EVAL, "fail")]
     assert rerun[2]["result"]["ssim"]["mean"] > 0.0
-    assert rerun[2]["message"].startswith("rule 'bn=eval stays at or below SSIM 0': "), "the strictest rule judges"
-    assert rerun[1]["message"].startswith("rule 'no configuration exceeds SSIM 0.3': "), "bn=eval only"
+    assert rerun[2]["message"].startswith("rule(s) 'no configuration leaks an identifiable image'; 'bn=eval: no "
+                                          "image re-identified or above SSIM 0': ") and "FAILS (re-identified)" in \
+        rerun[2]["message"], "every rule that applies is named; the image is re-identified"
+    assert rerun[1]["message"].startswith("rule(s) 'no configuration leaks an identifiable image': "), "bn=eval only"
     assert len((out / "results.jsonl").read_text().splitlines()) == 3, "the journal starts afresh"
     assert (out / "smoke" / "tiny_cnn" / f"{EVAL}.png").is_file()
     report = _Report((out / "report.html").read_text(encoding="utf-8"))
@@ -243,8 +249,9 @@ def test_audit_end_to_end_then_rerun_that_leaks(tmp_path: Path, capsys: pytest.C
     assert len(_embedded_pngs(report)) >= 3
     html_text = (out / "report.html").read_text(encoding="utf-8")
     assert f"LEAKS: {EVAL} (exit 1)." in html_text, "the report states the audit's verdict first"
-    assert "Rule: bn=eval stays at or below SSIM 0 (SSIM ≤ 0 where bn=eval)." in html_text
-    assert f"Positive control: {CONTROL} must reach SSIM ≥ 0.6" in (out / "report.md").read_text()
+    assert ("Rule: bn=eval: no image re-identified or above SSIM 0 (no image re-identified; every image SSIM ≤ 0 "
+            "where bn=eval).") in html_text
+    assert f"Positive control: {CONTROL} must re-identify an image" in (out / "report.md").read_text()
 
     # ... but not once the folder also holds someone else's file: refused before any compute, nothing touched
     (out / "notes.txt").write_text("do not lose me\n")
@@ -260,7 +267,7 @@ def test_audit_api_inconclusive_when_the_control_does_not_reconstruct(tmp_path: 
     """Two iterations reconstruct nothing: "below threshold" then proves nothing (exit 3), whatever the SSIM."""
     pack = Pack(name="tiny_cnn", model="tinymod:tiny_cnn", input_size=16,
                 grid=Grid(bn=("train", "eval"), stats=("none", "exact")),
-                rules=(Rule("no configuration exceeds SSIM 0.9", max_ssim=0.9),), attack=AttackSpec(iterations=2))
+                rules=(Rule("no configuration leaks an identifiable image"),), attack=AttackSpec(iterations=2))
     stream = io.StringIO()
     outcome = run_audit(pack, profile="smoke", device="cpu", out=tmp_path / "out", progress=True, stream=stream)
     assert outcome.exit_code == EXIT_INCONCLUSIVE and outcome.leaking == []
@@ -365,7 +372,7 @@ BAD_INPUT = [
     (["--stats", "bogus"], "stats=['bogus'] (valid: none, naive, exact, proxy)"),
     (["--bn", "frozen"], "bn=['frozen']"),
     (["--updates", "fedavg0"], "updates=['fedavg0']"),
-    (["--threshold", "2"], "max_ssim=2.0 (valid: a number in [-1, 1])"),
+    (["--threshold", "2"], "max_ssim=2.0 (valid: None, or a number in [-1, 1])"),
     (["--rule", "bs>=8"], "--rule 'bs>=8': write WHERE:MAX_SSIM"),
     (["--rule", "bs>=8:high"], "--rule 'bs>=8:high': write WHERE:MAX_SSIM"),
     (["--profile", "paper", "--device", "cpu"], "profile 'paper' needs a GPU"),
