@@ -28,6 +28,10 @@ def test_adapted_swin_family_feasible(gia, model: str) -> None:
 UNADAPTED = "convnext_t_lowres_unadapted-32-bn_eval-bs1-stats_none"
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "not reproduced in smoke: convnext_t_cifar re-identifies rocket (SSIM 0.592, rank 1 of 257, z +2.9; zidane "
+    "0.083, not re-identified), information-limited (objective 0.0008 below the truth's 0.0013): the update of a "
+    "randomly initialized adapted ConvNeXt-T still determines a simple image at 32 px (README, smoke table)"))
 def test_adapted_convnext_infeasible(gia) -> None:
     """The same-architecture enabler control is ConvNeXt-T with its canonical (unadapted) stem (§4.5.3). The claim
     is that the adapted architecture's update does not determine the image: information-limited."""
@@ -37,17 +41,12 @@ def test_adapted_convnext_infeasible(gia) -> None:
 
 # MaxViT-T is the one low-resolution model with BatchNorm (in its MBConv blocks), so the client's BN mode is an
 # axis here. The paper evaluates "realistic normalization behavior and standard training procedures" (§4) and
-# names inference mode an enabler (§4.5.1): its claim is the training-mode update.
-MAXVIT_EVAL_NOT_REPRODUCED = pytest.mark.xfail(strict=True, reason=(
-    "not reproduced when Table 1's low-resolution row is read as an inference-mode update: maxvit_t_cifar bn_eval "
-    "bs1 reconstructs clearly on the smoke budget (README, smoke table)"))
-
-
+# names inference mode an enabler (§4.5.1): its claim is the training-mode update, with the inference-mode update
+# of the same network as the enabler control (one smoke-budget `giacheck run` of it reached SSIM 0.760: it leaks).
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "bn"), [
     pytest.param("vit_b16_cifar", "eval", id="vit_b16"),
     pytest.param("maxvit_t_cifar", "train", id="maxvit_t-training_mode"),
-    pytest.param("maxvit_t_cifar", "eval", id="maxvit_t-inference_mode", marks=MAXVIT_EVAL_NOT_REPRODUCED),
 ])
 def test_adapted_vit_and_maxvit_infeasible(gia, model: str, bn: str) -> None:
     gia.require_profile("paper", f"{model} costs 0.75-1.3 s per attack iteration on a CPU")

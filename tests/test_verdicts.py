@@ -68,6 +68,20 @@ def test_a_pool_too_small_to_show_a_leak_proves_no_negative() -> None:
     assert claim.verdict is Verdict.INCONCLUSIVE and "too small" in claim.message
 
 
+def test_an_image_whose_noise_control_is_reidentified_proves_nothing() -> None:
+    """A nearly black private image (hubble_deep_field) is unlike every pool image: uniform noise is
+    re-identified as it. Such an image can be no leak, and a negative resting on it is inconclusive."""
+    control = claims.feasible(_evidence("ctl", [_trial("ctl", "a", [_image(0.7, 0.001)])]))
+    odd = {**_image(0.02, 0.004), "null_p_values": [0.0039, 0.03, 0.45]}
+    fine = {**_image(0.01, 0.6), "null_p_values": [0.8, 0.5, 0.9]}
+    ev = _evidence("neg", [_trial("neg", "hubble", [odd]), _trial("neg", "rocket", [fine])])
+    assert [i.image for i in ev.invalid] == ["hubble"] and not ev.leaks, "its p-value 0.004 is not a leak"
+    claim = claims.infeasible(ev, control=control, needs=Limitation.ATTACK)
+    assert claim.verdict is Verdict.INCONCLUSIVE and "cannot judge hubble#0" in claim.message
+    assert not claims.feasible(ev).passed
+    assert ev.to_dict()["invalid"] == ["hubble#0@seed0"]
+
+
 def test_ordering_pairs_the_same_images_and_needs_a_leaking_high_side() -> None:
     high = _evidence("bs1", [_trial("bs1", "a", [_image(0.5, 0.001)]), _trial("bs1", "b", [_image(0.4, 0.002)])])
     low = _evidence("bs2", [_trial("bs2", "a", [_image(0.3, 0.2), _image(0.1, 0.5)]),
