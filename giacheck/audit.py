@@ -119,7 +119,7 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
         worst = trials.evidence.worst
         bar.step(f"{case.case_id}: worst image SSIM {worst.ssim:.3f} p {worst.p_value:.3g} {claim.verdict}")
 
-    def run(case: Any) -> tuple[CaseTrials, float]:
+    def run(case: Any, options: Any) -> tuple[CaseTrials, float]:
         start = time.perf_counter()
         entry = get_entry(Case.parse(case).model.name if isinstance(case, str) else case.model.name)
         results = [run_case(case, profile=profile, device=device, options=o)
@@ -127,11 +127,11 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
         return CaseTrials.of(results, selection=challenge.selection), time.perf_counter() - start
 
     try:
-        control_trials, wall = run(pack.control_id)
+        control_trials, wall = run(pack.control_id, options)
         control = claims.feasible(control_trials.evidence)
         record(control_trials, control, wall)
         for case in plan.cases:
-            trials, wall = run(case)
+            trials, wall = run(case, pack.case_options())
             record(trials, pack.judge(trials.evidence, control, control_set=control_trials.evidence.trial_set),
                    wall)
     finally:

@@ -31,7 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("case_id", help="e.g. resnet18_cifar-32-bn_eval-bs1-stats_none")
     run.add_argument("--profile", default="smoke", choices=sorted(PROFILES), help="attack budget (default: smoke)")
     run.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="the attack's seed; also the model's and the client's "
+                     "unless --model-seed / --client-seed are given (default: 0)")
+    run.add_argument("--model-seed", type=int, help="seed of the model's random initialization (default: --seed)")
+    run.add_argument("--client-seed", type=int, help="seed of the client's data order and defences (default: --seed)")
+    run.add_argument("--weights", type=Path, help="local weights file the global model starts from (safetensors or a "
+                     "torch.save state dict; the case runs at state ckpt)")
     run.add_argument("--data", default="bundled",
                      help="image source: bundled, imagefolder:PATH, cifar10:PATH or PATH (default: bundled)")
     run.add_argument("--iterations", type=int, help="override the profile's iteration budget")
@@ -112,6 +117,10 @@ def _pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bn", default="train", help="client BatchNorm modes: train,eval (default: train)")
     parser.add_argument("--stats", default="none", help="BN-statistics access: none,naive,exact,proxy (default: none)")
     parser.add_argument("--updates", default="fedsgd", help="update types: fedsgd,fedavgK (default: fedsgd)")
+    parser.add_argument("--states", default=None, help="model states: random,bncal,warmN (default: random; ckpt "
+                        "with --weights)")
+    parser.add_argument("--weights", type=Path, help="the checkpoint to audit: a local safetensors file or torch.save "
+                        "state dict for --model (its sha256 is part of every baseline's identity)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="besides re-identification (the rule every configuration is judged by: no image of "
                              "any trial identifiable against a held-out pool), no image may exceed this SSIM "
@@ -162,11 +171,13 @@ def _pack_from(args: argparse.Namespace):
         if len(channels[flag]) != 3:
             raise GiacheckError(f"--{flag} {text!r}: give three comma-separated numbers (R,G,B), e.g. "
                                 f"{'0.485,0.456,0.406' if flag == 'mean' else '0.229,0.224,0.225'}")
-    grid = Grid(batch_sizes=_batch_sizes(args.batch_sizes), bn=args.bn, stats=args.stats, updates=args.updates)
+    states = args.states or ("ckpt" if args.weights is not None else "random")
+    grid = Grid(batch_sizes=_batch_sizes(args.batch_sizes), bn=args.bn, stats=args.stats, updates=args.updates,
+                states=states)
     return Pack(name=args.name or _pack_name(args.model), model=args.model, grid=grid, rules=tuple(rules),
                 input_size=args.input_size, num_classes=args.num_classes, mean=channels.get("mean"),
                 std=channels.get("std"), control=args.control, data=args.data, seed=args.seed,
-                attacker=args.attack)
+                attacker=args.attack, weights=args.weights)
 
 
 def _pack_name(model: str) -> str:
@@ -215,7 +226,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     attack = get_profile(args.profile).attack
     overrides = {k: v for k, v in (("iterations", args.iterations), ("restarts", args.restarts)) if v is not None}
     attack = dataclasses.replace(attack, **overrides)
-    options = RunOptions(seed=args.seed, data=args.data, budget=attack, image=args.image)
+    options = RunOptions(seed=args.seed, data=args.data, budget=attack, image=args.image, model_seed=args.model_seed,
+                         client_seed=args.client_seed, weights=str(args.weights) if args.weights else None)
     case = Case.parse(args.case_id)
     if args.attack and case.attack == DEFAULT_ATTACK:
         case = case.with_(attack=args.attack)
@@ -232,6 +244,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for name, reid in zip(result.manifest.images, result.reid.per_image, strict=True):
             print(f"  {name}: re-identification rank {reid['rank']} of {reid['pool_size'] + 1}, z {reid['z']:+.1f}, "
                   f"p {reid['p_value']:.3g} (pool chance q95 {reid['chance_q95']:.3f}, max {reid['chance_max']:.3f})")
+        state = result.model_state
+        print(f"  model state: {state.label}" + (f" (sha256 {state.sha256[:12]})" if state.sha256 else "")
+              + f"; seeds {', '.join(f'{k} {v}' for k, v in result.manifest.seeds.items())}")
         truth = result.truth.objective
         print(f"  objective {result.objective:.4f}; at the private images (auditor diagnostic) "
               f"{'n/a' if truth is None else f'{truth:.4f}'}")

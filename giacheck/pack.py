@@ -74,6 +74,7 @@ class Grid:
     updates: tuple[str, ...] = ("fedsgd",)
     labels: tuple[LabelKnowledge, ...] = (LabelKnowledge.KNOWN,)
     defences: tuple[str, ...] = ("",)
+    states: tuple[str, ...] = ("random",)  # the global model's state (giacheck.modelstate); Pack(weights=…): ckpt
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -105,7 +106,8 @@ class Grid:
 
 GRID_AXES = tuple(next(a for a in AXES if a.grid == f.name) for f in dataclasses.fields(Grid))  # Grid's order
 _GRID_VALID = {"bs": "positive integers", "update": "fedsgd, fedavgK with K >= 1 local steps",
-               "defences": "defence chains such as clip1.5 or clip1.5+identity, '' for none"}
+               "defences": "defence chains such as clip1.5 or clip1.5+identity, '' for none",
+               "state": "random, bncal, warmN (N >= 1 SGD steps), ckpt (with Pack(weights=…))"}
 
 
 def _grid_value(axis: Axis, value: Any) -> Any:
@@ -247,6 +249,9 @@ class Pack:
             ``--giacheck-baselines``. ``Path(__file__).parent / "baselines"`` keeps them beside the pack, also
             when the pack is an installed package shipping them as package data.
         data: image source (``bundled``, ``imagefolder:PATH``, ``cifar10:PATH``); seed: model init and attack seed.
+        weights: the checkpoint the vendor deploys (a local safetensors file or ``torch.save`` state dict): every
+            configuration then runs at state ``ckpt`` from it (the control keeps its own state). Its sha256 is
+            part of every baseline's identity, so a changed file makes the recorded baselines stale.
         attack: overrides the profile's budget (for the control too, so the budget stays the same).
         attacker: the attack run on every configuration and on the control (a registered attack name or
             ``package.module:Name``; default the built-in); its name is part of every case id but the built-in's.
@@ -266,6 +271,7 @@ class Pack:
     seed: int = 0
     attack: AttackSpec | None = None
     attacker: str = DEFAULT_ATTACK
+    weights: Path | str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -292,6 +298,17 @@ class Pack:
                 object.__setattr__(self, label, value)
         if self.baselines is not None:
             object.__setattr__(self, "baselines", Path(self.baselines))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", Path(self.weights))
+            if self.grid.states == ("random",):  # the default: the checkpoint is the model's state
+                object.__setattr__(self, "grid", dataclasses.replace(self.grid, states=("ckpt",)))
+        others = [s for s in self.grid.states if s != "ckpt"]
+        if self.weights is not None and others:
+            raise InvalidPackError(f"pack {self.name}: weights={str(self.weights)!r} with grid states {others}; a "
+                                   "weights file is the model's state: use states=('ckpt',) (the default)")
+        if self.weights is None and "ckpt" in self.grid.states:
+            raise InvalidPackError(f"pack {self.name}: grid state ckpt needs Pack(weights=PATH), the checkpoint "
+                                   "file to audit")
 
     # -- the model and its cases
     def register(self) -> str:
@@ -352,6 +369,8 @@ class Pack:
         if self.control_id in {case.id for case in cases}:
             problems.append(f"control {self.control_id} is also a configuration of the grid; the control must be "
                             "a separate case that reconstructs (choose another control, or drop it from the grid)")
+        if self.weights is not None:
+            problems.extend(self._weights_problems())
         if problems:
             raise InvalidPackError(f"pack {self.name}: {len(problems)} invalid configuration(s) or control:\n  "
                                    + "\n  ".join(problems))
@@ -359,6 +378,16 @@ class Pack:
             raise InvalidPackError(f"pack {self.name}: the grid leaves no applicable configuration "
                                    f"({len(skipped)} not applicable)")
         return Plan(cases=tuple(cases), not_applicable=tuple(skipped))
+
+    def _weights_problems(self) -> list[str]:
+        """The weights file must load into the pack's model (keys and shapes): checked before any compute."""
+        from giacheck.models import build
+
+        try:
+            build(self.register(), self.resolution, weights=self.weights)
+        except GiacheckError as exc:
+            return [f"weights: {exc}"]
+        return []
 
     def case_ids(self) -> list[str]:
         """The ids of the configurations to run (for ``pytest.mark.parametrize``)."""
@@ -371,8 +400,14 @@ class Pack:
         return control.with_(attack=self.attacker).id
 
     def run_options(self) -> RunOptions:
-        """How every case and the control run (:func:`giacheck.runner.run_case`): the same for all of them."""
+        """How the control runs (:func:`giacheck.runner.run_case`): seed, data and budget, the same for every
+        configuration (:meth:`case_options`)."""
         return RunOptions(seed=self.seed, data=self.data, budget=self.attack)
+
+    def case_options(self) -> RunOptions:
+        """How every configuration runs: :meth:`run_options` with the pack's weights file."""
+        options = self.run_options()
+        return dataclasses.replace(options, weights=str(self.weights)) if self.weights is not None else options
 
     # -- verdicts
     def rules_for(self, case_id: str) -> list[Rule]:

@@ -15,8 +15,9 @@ from giacheck.result import Manifest
 __all__ = ["cpu_model", "manifest"]
 
 
-def manifest(device: torch.device, seed: int, *, data: str, images: tuple[str, ...], model: str) -> Manifest:
-    """Versions, device, seed, git revision and the metric definition, recorded with every result."""
+def manifest(device: torch.device, seed: int, *, data: str, images: tuple[str, ...], model: str,
+             seeds: dict[str, int] | None = None) -> Manifest:
+    """Versions, device, seeds, git revision and the metric definition, recorded with every result."""
     versions = {"python": platform.python_version()}
     for package in ("giacheck", "torch", "timm", "ultralytics", "scikit-image", "numpy"):
         try:
@@ -29,7 +30,7 @@ def manifest(device: torch.device, seed: int, *, data: str, images: tuple[str, .
         device_name = f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
     return Manifest(versions=versions, device=str(device), device_name=device_name, seed=seed,
                     git_revision=_git_revision(), metric=metrics.metric_definition(), platform=sys.platform,
-                    data=data, images=tuple(images), model=model)
+                    data=data, images=tuple(images), model=model, seeds=dict(seeds or {"attack": seed}))
 
 
 def cpu_model() -> str:

@@ -43,6 +43,8 @@ IDENTITY_FIELDS: tuple[tuple[str, str], ...] = (
     *((name, f"attack.{name}") for name in BUDGET_FIELDS),
     ("profile", "profile"),
     ("challenge", "challenge.set"),
+    ("weights", "model_state.sha256"),  # a checkpoint's sha256 (None: no weights file)
+    ("model_seed", "model_state.pinned_seed"),  # a model seed pinned apart from the trial seeds (None: not pinned)
 )
 # What a file written before a field was recorded was run with (every baseline then came from the built-in attack
 # with the cosine distance), so that upgrading giacheck does not turn unchanged baselines stale.

@@ -17,7 +17,8 @@ import torch
 from giacheck.jsonio import finite
 from giacheck.specs import AttackSpec, Selection
 
-__all__ = ["AttackInfo", "Manifest", "Oracle", "ProxyChoiceRecord", "Reid", "Result", "Threat", "Timings", "Truth"]
+__all__ = ["AttackInfo", "Manifest", "Oracle", "ProxyChoiceRecord", "Reid", "Result", "StateRecord", "Threat",
+           "Timings", "Truth"]
 
 
 class _Part:
@@ -145,14 +146,44 @@ class Manifest(_Part):
     data: str
     images: tuple[str, ...]
     model: str
+    seeds: dict[str, int] = field(default_factory=dict)  # model (initialization), client, attack
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         return cls(**{**data, "images": tuple(data["images"])})
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateRecord:
+    """The global model's state and how it was made (:mod:`giacheck.modelstate`)."""
+
+    state: str  # the case's state token: random, bncal, warmN, ckpt
+    label: str  # one line a report shows
+    model_seed: int  # seeds the random initialization every state starts from (ckpt: overwritten by the file)
+    pinned_seed: int | None = None  # RunOptions.model_seed when given (None: the trial's seed)
+    images: tuple[str, ...] = ()  # auxiliary images the state was estimated or trained on
+    views: int = 0
+    bn_modules: int = 0  # BatchNorm modules whose running statistics the state set
+    changed: bool = False  # whether the state differs from random initialization
+    steps: int = 0
+    recipe: dict[str, Any] | None = None
+    cache: str | None = None  # warm: "computed", "memory" or "disk"
+    weights: str | None = None  # ckpt: the file
+    sha256: str | None = None  # ckpt: the file's sha256 (part of the baseline identity)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__slots__}
+        data["images"] = list(self.images)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StateRecord:
+        return cls(**{**data, "images": tuple(data.get("images", ()))})
+
+
 _PARTS = {"attack": AttackInfo, "oracle": Oracle, "threat": Threat, "timings": Timings, "manifest": Manifest,
-          "reid": Reid, "truth": Truth}
+          "reid": Reid, "truth": Truth, "model_state": StateRecord}
 _TENSOR_FIELDS = ("original", "reconstruction")
 _TUPLE_FIELDS = ("ssim", "psnr", "patch_ssim", "curve")
 
@@ -180,6 +211,7 @@ class Result:
     manifest: Manifest
     reid: Reid
     truth: Truth
+    model_state: StateRecord
     original: torch.Tensor = field(repr=False)
     reconstruction: torch.Tensor = field(repr=False)
 

@@ -34,6 +34,7 @@ from giacheck.diagnostics import truth_objective
 from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.ladder import controlled_init, denoised_ssim, ladder_init
 from giacheck.models import ModelEntry, build, get_entry
+from giacheck.modelstate import StateRecord, auxiliary_images, prepare_state
 from giacheck.provenance import manifest
 from giacheck.reid import reidentify, reidentify_batch
 from giacheck.result import AttackInfo, Oracle, ProxyChoiceRecord, Reid, Result, Threat, Timings, Truth
@@ -72,6 +73,7 @@ class _Setup:
     batch: ImageBatch
     model: torch.nn.Module
     labels: Any  # the client's training targets
+    state: StateRecord  # the global model's state (giacheck.modelstate)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +93,7 @@ def run_case(
     profile: str = "smoke",
     device: str = "cpu",
     options: RunOptions | None = None,
+    weights: str | None = None,
 ) -> Result:
     """Simulate the client update of ``case`` and attack it.
 
@@ -98,16 +101,24 @@ def run_case(
         case: a :class:`Case` or a case id.
         profile: budget name (``smoke``, ``paper``); ``options.budget`` overrides its attack spec.
         device: torch device for model, client and attack.
-        options: seed, image source and budget (:class:`RunOptions`).
+        options: seeds, image source, budget and weights file (:class:`RunOptions`).
+        weights: a local weights file for the global model (overrides ``options.weights``); a case at the
+            default state ``random`` then runs as ``state_ckpt``.
 
     Raises:
         GiacheckError: an invalid case, model, dataset, attack or update, before the attack runs.
     """
     marks = [time.perf_counter()]
-    setup = _prepare(Case.parse(case) if isinstance(case, str) else case, profile, device, options or RunOptions())
+    options = options or RunOptions()
+    if weights is not None:
+        options = replace(options, weights=str(weights))
+    case = Case.parse(case) if isinstance(case, str) else case
+    if options.weights is not None and case.state == "random":
+        case = case.with_(state="ckpt")
+    setup = _prepare(case, profile, device, options)
     marks.append(time.perf_counter())
     update = simulate_update(setup.model, setup.batch.images.to(setup.device), setup.labels, setup.case.client,
-                             seed=setup.options.seed)
+                             seed=setup.options.seeds["client"])
     marks.append(time.perf_counter())
     knowledge = _attacker_knowledge(setup, update)
     marks.append(time.perf_counter())
@@ -131,13 +142,18 @@ def _prepare(case: Case, profile: str, device: str, options: RunOptions) -> _Set
     torch_device = resolve_device(device)
     batch = task.client_batch(source, batch_size=case.client.batch_size, size=case.model.resolution,
                               first=options.image)
-    _check_pool_left(source, batch, case)
-    model = build(case.model.name, case.model.resolution, seed=options.seed).to(torch_device)
+    auxiliary = auxiliary_images(source, exclude=batch.names) if case.state not in ("random", "ckpt") else ()
+    _check_pool_left(source, batch, case, auxiliary)
+    seeds = options.seeds
+    model = build(case.model.name, case.model.resolution, seed=seeds["model"]).to(torch_device)
+    state = prepare_state(model, case.state, source=source, images=auxiliary, resolution=case.model.resolution,
+                          model_seed=seeds["model"], pinned_seed=options.model_seed, task=task,
+                          model_name=case.model.name, weights=options.weights, device=torch_device)
     if case.client.bn_mode is BNMode.TRAIN:
         _check_train_mode_bn(model, tuple(batch.images.shape), case)
     return _Setup(case=case, profile=profile, options=options, spec=spec, entry=entry, task=task, source=source,
                   attack=attack, device=torch_device, batch=batch, model=model,
-                  labels=task.targets(batch, torch_device))
+                  labels=task.targets(batch, torch_device), state=state)
 
 
 def _attacker_knowledge(s: _Setup, update: ClientUpdate) -> _Knowledge:
@@ -174,7 +190,7 @@ def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, truth: float |
     patch = max(4, s.case.model.resolution // 8)
     patch_ssim = metrics.patch_matched_ssim_batch(rec.best, original, patch=patch, perm=scores.perm)
     matched = rec.best[list(scores.perm)].cpu()  # reordered: matched[j] is the reconstruction of original[j]
-    excluded = (*s.batch.names, *knowledge.auxiliary, *_calibration(s.source))
+    excluded = tuple(dict.fromkeys((*s.batch.names, *knowledge.auxiliary, *s.state.images, *_calibration(s.source))))
     pool = heldout_pool(s.source, exclude=list(excluded), size=s.case.model.resolution, limit=POOL_LIMIT)
     reids = reidentify_batch(matched, original.cpu(), pool.images, patch=patch)
     nulls = _null_p_values(original.cpu(), pool.images)
@@ -201,12 +217,14 @@ def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, truth: float |
                         per_iteration_s=attack_s / s.spec.iterations, metrics_s=metrics_s,
                         total_s=marks[-1] - marks[0]),
         manifest=manifest(s.device, s.options.seed, data=s.source.name, images=s.batch.names,
-                          model=s.entry.upstream),
+                          model=s.entry.upstream, seeds=s.options.seeds),
+        model_state=s.state,
         reid=Reid(image=s.batch.names[0], per_image=[{**r.to_dict(), "null_p_values": null}
                                                      for r, null in zip(reids, nulls, strict=True)],
                   pool_size=len(pool.names),
                   pool=f"{s.source.name}: {len(pool.names)} views of images other than the client's "
-                       f"{len(s.batch.names)}, the attacker's {len(knowledge.auxiliary)} auxiliary ones and the "
+                       f"{len(s.batch.names)}, the attacker's {len(knowledge.auxiliary)} auxiliary ones, the "
+                       f"{len(s.state.images)} the model state was made from and the "
                        f"{len(_calibration(s.source))} the defaults were tuned on, recoloured to each private "
                        "image's colour statistics"),
         truth=Truth(objective=truth),
@@ -237,13 +255,13 @@ def _calibration(source: ImageSource) -> tuple[str, ...]:
     return tuple(name for name in CALIBRATION_IMAGES if name in names) if source.name == "bundled" else ()
 
 
-def _check_pool_left(source: ImageSource, batch: ImageBatch, case: Case) -> None:
+def _check_pool_left(source: ImageSource, batch: ImageBatch, case: Case, auxiliary: tuple[str, ...]) -> None:
     """Some image must be left for the re-identification pool: checked before any compute."""
-    left = len(source) - len(batch.names) - len(_calibration(source))
-    if left < 1:
+    used = {*batch.names, *auxiliary, *_calibration(source)}
+    if len(source) - len(used) < 1:
         raise GiacheckError(f"{case.id}: no image of {source.name} is left for the re-identification pool after "
-                            f"the client's {len(batch.names)} and {len(_calibration(source))} calibration images; "
-                            "give a source with more images (--data)")
+                            f"the client's {len(batch.names)}, the model state's {len(auxiliary)} and "
+                            f"{len(_calibration(source))} calibration images; give a source with more images (--data)")
 
 
 def _check_train_mode_bn(model: torch.nn.Module, input_shape: tuple[int, ...], case: Case) -> None:

@@ -2,7 +2,8 @@
 
 A case id is readable and stable, every value prefixed with its axis key (DESIGN §3)::
 
-    resnet18_cifar-32-bn_eval-bs1-stats_none[-upd_fedavg4][-init_p0.5][-lab_inferred][-def_clip1.5][-atk_NAME]
+    resnet18_cifar-32-bn_eval-bs1-stats_none[-state_bncal][-upd_fedavg4][-init_p0.5][-lab_inferred][-def_clip1.5]
+        [-atk_NAME]
 
 One table, :data:`AXES`, spells the grammar: it generates ``Case.id``, ``Case.parse``, the form quoted in errors
 (:data:`ID_FORM`), the pack's grid axes and rule keys. Adding an axis is one row (and the field it reads).
@@ -11,6 +12,7 @@ One table, :data:`AXES`, spells the grammar: it generates ``Case.id``, ``Case.pa
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,6 +31,8 @@ __all__ = [
     "ClientSpec",
     "LabelKnowledge",
     "ModelSpec",
+    "MODEL_STATES",
+    "parse_state",
     "Profile",
     "RunOptions",
     "ChallengeSet",
@@ -79,6 +83,25 @@ class LabelKnowledge(StrEnum):
 
     KNOWN = "known"
     INFERRED = "inferred"
+
+
+# The global model's state before the client trains (giacheck.modelstate): ``random`` initialization (seeded);
+# ``bncal``: BatchNorm running statistics estimated on auxiliary images; ``warmN``: N SGD steps on auxiliary
+# images from random initialization (warm-started, not trained); ``ckpt``: a weights file (RunOptions.weights).
+MODEL_STATES = ("random", "bncal", "warmN", "ckpt")
+STATE_PATTERN = r"random|bncal|warm\d+|ckpt"
+
+
+def parse_state(text: str) -> tuple[str, int]:
+    """``"warm50"`` → ``("warm", 50)``, ``"bncal"`` → ``("bncal", 0)``; raise naming the valid states."""
+    if isinstance(text, str) and re.fullmatch(STATE_PATTERN, text):
+        if text.startswith("warm"):
+            steps = int(text[len("warm"):])
+            if steps >= 1:
+                return "warm", steps
+        else:
+            return text, 0
+    raise InvalidCaseError(f"model state {text!r} (valid: random, bncal, warmN with N >= 1 SGD steps, ckpt)")
 
 
 class Selection(StrEnum):
@@ -187,27 +210,51 @@ class RunOptions:
     """How a case is run, besides the case itself: the same for a claim's case and its control.
 
     Args:
-        seed: seeds the model initialization, the attack's noise and any controlled initialization.
+        seed: the attack's seed (its noise, restarts and any controlled initialization); also the model's and the
+            client's unless they are given.
         data: image source spec (see :func:`giacheck.data.open_source`).
         budget: attack hyper-parameters and budget overriding the profile's.
         image: the private image the client's batch starts with (a name in the source; None: the source's first
             eligible image). One trial of a challenge set (:class:`ChallengeSet`).
+        model_seed: seeds the model's random initialization (and a warm start's data order); None: ``seed``.
+        client_seed: seeds the client's own randomness (its data order and its defences' draws); None: ``seed``.
+        weights: a local weights file (safetensors, or a ``torch.save`` state dict read with
+            ``weights_only=True``) the global model starts from: the case's state is then ``ckpt``.
     """
 
     seed: int = 0
     data: str = "bundled"
     budget: AttackSpec | None = None
     image: str | None = None
+    model_seed: int | None = None
+    client_seed: int | None = None
+    weights: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise InvalidCaseError(f"seed={self.seed!r} (valid: an integer in [0, 2**63))")
+        for name in ("seed", "model_seed", "client_seed"):
+            value = getattr(self, name)
+            if value is None and name != "seed":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+                raise InvalidCaseError(f"{name}={value!r} (valid: an integer in [0, 2**63)"
+                                       f"{'' if name == 'seed' else ', or None for the attack seed'})")
+        if self.weights is not None:
+            if not isinstance(self.weights, str | os.PathLike) or not str(self.weights):
+                raise InvalidCaseError(f"weights={self.weights!r} (valid: the path of a local weights file, or None)")
+            object.__setattr__(self, "weights", str(self.weights))
         if not isinstance(self.data, str) or not self.data:
             raise InvalidCaseError(f"data={self.data!r} (valid: bundled, imagefolder:PATH, cifar10:PATH)")
         if self.budget is not None and not isinstance(self.budget, AttackSpec):
             raise InvalidCaseError(f"budget={self.budget!r} (valid: a giacheck.specs.AttackSpec or None)")
         if self.image is not None and (not isinstance(self.image, str) or not self.image):
             raise InvalidCaseError(f"image={self.image!r} (valid: the name of an image in the source, or None)")
+
+    @property
+    def seeds(self) -> dict[str, int]:
+        """The resolved seeds: ``model`` (initialization), ``client`` (data order, defences), ``attack``."""
+        return {"model": self.seed if self.model_seed is None else self.model_seed,
+                "client": self.seed if self.client_seed is None else self.client_seed,
+                "attack": self.seed}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,7 +265,8 @@ class ChallengeSet:
         images: names of the private images in the bundled source, each the first image of one trial's batch;
             another source (``--data``) uses its first ``count`` images in source order instead.
         count: how many images a source other than the bundled one contributes.
-        seeds: attack (and model-initialization) seeds; every image runs under every seed.
+        seeds: trial seeds (the attack's, and the model's and client's unless RunOptions pins them); every image
+            runs under every seed.
         selection: how the images were chosen, recorded with every verdict.
     """
 
@@ -260,8 +308,10 @@ class Case:
     threat: ThreatSpec = field(default_factory=ThreatSpec)
     init_p: float | None = None  # controlled initialization: fraction of true pixels replaced by noise
     attack: str = DEFAULT_ATTACK  # a registered attack name or ``package.module:Name`` (giacheck.attack.registry)
+    state: str = "random"  # the global model's state (MODEL_STATES; giacheck.modelstate)
 
     def __post_init__(self) -> None:
+        parse_state(self.state)
         if not isinstance(self.attack, str) or not re.fullmatch(AXIS["attack"].pattern, self.attack):
             raise InvalidCaseError(f"Case.attack={self.attack!r} (valid: a registered attack name or "
                                    "package.module:Name)")
@@ -314,6 +364,7 @@ class Case:
             threat=ThreatSpec(stats=v["stats"], labels=v["labels"]),
             init_p=v["init"],
             attack=v["attack"],
+            state=v["state"],
         )
 
 
@@ -401,6 +452,8 @@ AXES: tuple[Axis, ...] = (
     Axis("bs", "bs", r"\d+", int, str, lambda c: c.client.batch_size, "N",
          grid="batch_sizes", numeric=True),
     _enum_axis("stats", "stats_", StatsAccess, lambda c: c.threat.stats, grid="stats"),
+    Axis("state", "state_", STATE_PATTERN, lambda t: (parse_state(t), t)[1], str, lambda c: c.state,
+         "{random|bncal|warmN|ckpt}", default="random", grid="states"),
     Axis("update", "upd_", r"fedsgd\d*|fedavg\d*", _read_update, _write_update, _update_of, "{fedsgd|fedavgK}",
          default=(UpdateKind.FEDSGD, 1), grid="updates"),
     Axis("init", "init_p", r"\d+(?:\.\d+)?", float, lambda p: format_number(p), lambda c: c.init_p,
@@ -462,7 +515,6 @@ PAPER_CHALLENGE = ("rocket", "zidane", "bus")
 # The bundled images the smoke TV weight and budget were chosen on (by SSIM): outside every challenge set and
 # every re-identification pool.
 CALIBRATION_IMAGES = ("astronaut", "chelsea", "coffee")
-PAPER_CHALLENGE = ("hubble_deep_field", "rocket", "zidane")
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(

@@ -99,11 +99,11 @@ def test_profile_is_part_of_the_identity(store: BaselineStore) -> None:
 
 
 def test_identity_gains_a_field_in_one_line(store: BaselineStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(records, "IDENTITY_FIELDS", (*records.IDENTITY_FIELDS, ("weights", "model.weights")))
+    monkeypatch.setattr(records, "IDENTITY_FIELDS", (*records.IDENTITY_FIELDS, ("recipe", "model.recipe")))
     path = store.write(SUITE, CASE, result(0.5))
-    path.write_text(json.dumps({**json.loads(path.read_text()), "model": {"weights": "v1"}}))
-    check = _check(store, {**result(0.5), "model": {"weights": "v2"}})
-    assert check.changed == (IdentityChange(field="weights", recorded="v1", current="v2"),)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "model": {"recipe": "v1"}}))
+    check = _check(store, {**result(0.5), "model": {"recipe": "v2"}})
+    assert check.changed == (IdentityChange(field="recipe", recorded="v1", current="v2"),)
 
 
 def test_update_rewrites_nothing_here_and_fails_unless_accepted(store: BaselineStore) -> None:

@@ -79,12 +79,23 @@ def _defaults(cls: type) -> dict[str, object]:
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
 
 
+def _checkpoint(path: Path, model, *, input_size: int, num_classes: int) -> Path:
+    """The state dict of ``model``'s network at random initialization, saved as safetensors."""
+    from safetensors.torch import save_file
+
+    Pack(name="acme_ckpt_source", model=model, input_size=input_size, num_classes=num_classes).register()
+    net = registry.build("acme_ckpt_source", input_size).net
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
 def test_every_field_round_trips(tmp_path: Path, scaffoldmod: ModuleType) -> None:
     """Every field of Pack and Grid off its default: the scaffolded module's PACK equals the pack, field by field."""
     grid = Grid(batch_sizes=(1, 2), bn=(BNMode.TRAIN, BNMode.EVAL), stats=(StatsAccess.NONE, StatsAccess.NAIVE),
                 updates=("fedsgd", "fedavg2"), labels=(LabelKnowledge.KNOWN, LabelKnowledge.INFERRED),
-                defences=("", "clip1.5"))
-    pack = Pack(name="acme_everything", model=scaffoldmod.model, grid=grid,
+                defences=("", "clip1.5"), states=("ckpt",))
+    weights = _checkpoint(tmp_path / "acme.safetensors", scaffoldmod.model, input_size=16, num_classes=10)
+    pack = Pack(name="acme_everything", weights=weights, model=scaffoldmod.model, grid=grid,
                 rules=(Rule("no configuration leaks an identifiable image"),
                        Rule("bs >= 2 is infeasible", max_ssim=0.1, where="bs>=2,bn=train")),
                 input_size=16, num_classes=10, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4),

@@ -14,7 +14,7 @@ import pytest
 
 from giacheck import claims
 from giacheck.plugin.controller import PROPERTY
-from giacheck.plugin.options import option, set_cpu_threads, updating
+from giacheck.plugin.options import option, set_cpu_threads, updating, weights_by_model
 from giacheck.plugin.xdist import SHARED_KEY
 from giacheck.sharedcache import SharedResults
 
@@ -67,12 +67,20 @@ class GiaFixture:
             pytest.skip(f"needs the {profile!r} profile: {why}")
 
     def case(self, case: str | Case) -> Case:
-        """``case`` parsed, with the session's ``--giacheck-attack`` when it names no attack itself."""
+        """``case`` parsed, with the session's ``--giacheck-attack`` when it names no attack itself, and its model
+        state: ``ckpt`` for a model given ``--giacheck-weights``, else ``--giacheck-state`` where it applies
+        (bncal: models with BatchNorm; warmN: classification models), for a case at the default state."""
         from giacheck.specs import DEFAULT_ATTACK, Case
 
         parsed = Case.parse(case) if isinstance(case, str) else case
         attack = option(self.config, "attack")
-        return dataclasses.replace(parsed, attack=attack) if attack and parsed.attack == DEFAULT_ATTACK else parsed
+        if attack and parsed.attack == DEFAULT_ATTACK:
+            parsed = dataclasses.replace(parsed, attack=attack)
+        if parsed.state == "random":
+            state = "ckpt" if parsed.model.name in weights_by_model(self.config) else option(self.config, "state")
+            if state and _state_applies(state, parsed.model.name):
+                parsed = dataclasses.replace(parsed, state=state)
+        return parsed
 
     @property
     def challenge(self) -> ChallengeSet:
@@ -89,6 +97,8 @@ class GiaFixture:
         if self.profile == "paper" and self.device == "cpu":
             pytest.skip("the paper profile needs a GPU: pass --giacheck-device cuda (profile 'smoke' runs on CPU)")
         case, options = self.case(case), options or RunOptions()
+        if case.state == "ckpt" and options.weights is None:
+            options = dataclasses.replace(options, weights=weights_by_model(self.config).get(case.model.name))
         key = json.dumps([case.id, self.profile, self.device, dataclasses.asdict(options)], sort_keys=True,
                          default=str)
         if key not in self.cache:
@@ -184,12 +194,11 @@ class GiaFixture:
         """One configuration of a pack, judged on its most leaking image: the rules that apply (conclusive only
         with the control re-identifying under the same budget), or a regression; and its recorded baseline."""
         self._use_pack(pack)
-        options = pack.run_options()
         control = control_set = None
         if pack.rules_for(case_id):
-            control_trials = self.trials(pack.control_id, options=options)
+            control_trials = self.trials(pack.control_id, options=pack.run_options())
             control, control_set = claims.feasible(control_trials.evidence), control_trials.evidence.trial_set
-        trials = self.trials(case_id, options=options)
+        trials = self.trials(case_id, options=pack.case_options())
         self._conclude(trials, pack.judge(trials.evidence, control, control_set=control_set), positive=False)
         return trials
 
@@ -254,6 +263,18 @@ class GiaFixture:
         if self.failures:
             messages, self.failures = self.failures, []
             pytest.fail("\n".join(messages), pytrace=False)
+
+
+def _state_applies(state: str, model: str) -> bool:
+    """Whether a session-wide ``--giacheck-state`` changes ``model``: ``bncal`` only where there is BatchNorm,
+    ``warmN`` only for classification (the detection loss needs boxes the auxiliary images lack)."""
+    from giacheck.models import get_entry
+
+    if state == "bncal":
+        return get_entry(model).has_batchnorm
+    if state.startswith("warm"):
+        return get_entry(model).task == "classification"
+    return state != "random"
 
 
 def _payload(*, suite: str, profile: str, nodeid: str, baselines_root: Path, trials: CaseTrials,

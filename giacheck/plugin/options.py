@@ -10,7 +10,8 @@ import pytest
 
 from giacheck.claims import InvalidToleranceError, check_tolerance
 
-__all__ = ["OPTIONS", "add_options", "cpu_threads", "option", "set_cpu_threads", "updating", "validate"]
+__all__ = ["OPTIONS", "add_options", "cpu_threads", "option", "set_cpu_threads", "updating", "validate",
+           "weights_by_model"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,9 @@ OPTIONS = (
     _Opt("storage", "Optuna storage URL or journal file shared by machines", ""),
     _Opt("attack", "attack for every case that names none itself: a registered name or package.module:Name "
                    "(default: the built-in gradmatch)", ""),
+    _Opt("state", "model state for every case that names none itself: random (default), bncal (applied to models "
+                  "with BatchNorm; it leaves the others unchanged, so they keep state random), warmN (classification "
+                  "models; N SGD steps from random initialization, warm-started, not trained)", ""),
 )
 DEFAULT_THREADS = "1"  # what baselines are recorded with
 
@@ -51,6 +55,10 @@ def add_options(parser: pytest.Parser) -> None:
                     help="rewrite the baselines of the cases run, and fail them (review the diff, then rerun)")
     group.addoption("--giacheck-update-all", action="store_true", dest="giacheck_update_all",
                     help="rewrite the baselines of the cases run, and pass")
+    group.addoption("--giacheck-weights", action="append", default=[], dest="giacheck_weights", metavar="MODEL=PATH",
+                    help="start MODEL from the local weights file PATH (safetensors or a torch.save state dict; "
+                         "repeatable): its cases run at state ckpt, and the file's sha256 is part of their baselines' "
+                         "identity. giacheck never downloads weights")
     group.addoption("--giacheck-oversubscribe", action="store_true", dest="giacheck_oversubscribe",
                     help="allow more xdist workers than GPUs (workers share GPUs round-robin)")
 
@@ -83,9 +91,39 @@ def validate(config: pytest.Config) -> None:
     threads = option(config, "threads")
     if threads and threads != "auto" and not (threads.isdigit() and int(threads) > 0):
         raise pytest.UsageError(f"--giacheck-threads={threads!r}: give a positive number or 'auto'")
+    state = option(config, "state")
+    if state:
+        from giacheck.errors import InvalidCaseError
+        from giacheck.specs import parse_state
+
+        try:
+            kind, _ = parse_state(state)
+        except InvalidCaseError as exc:
+            raise pytest.UsageError(f"--giacheck-state={state!r}: {exc}") from None
+        if kind == "ckpt":
+            raise pytest.UsageError("--giacheck-state=ckpt: give the file instead, --giacheck-weights MODEL=PATH")
+    weights_by_model(config)
     trials = option(config, "trials") or "0"
     if not trials.isdigit():
         raise pytest.UsageError(f"--giacheck-trials={trials!r}: give a number of trials (0: no tuning)")
+
+
+def weights_by_model(config: pytest.Config) -> dict[str, str]:
+    """``--giacheck-weights MODEL=PATH`` as ``{MODEL: PATH}``; a malformed entry, a model given twice or a path
+    that is not a file is a usage error."""
+    mapping: dict[str, str] = {}
+    for text in config.getoption("giacheck_weights") or ():
+        model, sep, path = text.partition("=")
+        if not sep or not model or not path:
+            raise pytest.UsageError(f"--giacheck-weights {text!r}: write MODEL=PATH, e.g. "
+                                    "resnet18_cifar=weights/resnet18.safetensors")
+        if model in mapping:
+            raise pytest.UsageError(f"--giacheck-weights: {model!r} is given twice ({mapping[model]!r}, {path!r})")
+        if not os.path.isfile(path):
+            raise pytest.UsageError(f"--giacheck-weights {text!r}: {path!r} is not a file (a local weights file; "
+                                    "giacheck never downloads)")
+        mapping[model] = path
+    return mapping
 
 
 def validate_attack(config: pytest.Config) -> None:
