@@ -29,7 +29,7 @@ __all__ = ["BASELINE_KEYS", "BaselineStore", "check_baseline", "round_floats"]
 
 BASELINE_KEYS = ("case_id", "profile", "ssim", "psnr", "secondary", "objective", "grad_distance", "iterations",
                  "restarts", "seed", "selection", "oracle", "attack", "threat", "manifest", "timings", "reid", "truth",
-                 "challenge")
+                 "challenge", "model_state")
 # The statistics of a challenge set a baseline compares: (label, dotted path, two-sided for a positive control).
 # A result without a challenge set (written before them) compares its SSIM mean.
 _STATISTICS = (("highest image SSIM", "challenge.max_ssim", False), ("median SSIM", "challenge.median_ssim", True))
