@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     challenge.add_argument("--iterations", type=int, default=100, help="iterations of each short attack")
     challenge.add_argument("--seed", type=int, default=0)
 
+    signal = sub.add_parser("signal", help="how much a case's update depends on its image: 1 - cos against the "
+                            "update of a gray image (an auditor diagnostic; no attack runs)")
+    signal.add_argument("case_ids", nargs="+", help="case ids, e.g. yolov8n-256-bn_eval-bs1-stats_none-state_bncal")
+    signal.add_argument("--device", default="cpu")
+    signal.add_argument("--data", default="bundled")
+    signal.add_argument("--image", help="the private image the client's batch starts with")
+    signal.add_argument("--seed", type=int, default=0)
+    signal.add_argument("--weights", type=Path, help="local weights file (the case runs at state ckpt)")
     bench = sub.add_parser("bench", help="measure attack cost ratios (see giacheck.bench)")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--steps", type=int, default=10, help="iterations per timed run")
@@ -253,6 +261,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_signal(args: argparse.Namespace) -> int:
+    from giacheck.runner import image_signal
+    from giacheck.specs import RunOptions
+
+    options = RunOptions(seed=args.seed, data=args.data, image=args.image,
+                         weights=str(args.weights) if args.weights else None)
+    for case_id in args.case_ids:
+        value = image_signal(case_id, device=args.device, options=options)
+        print(f"{case_id}: 1 - cos(update of the private batch, update of a gray batch) = {value:.3g}")
+    return 0
+
+
 def _cmd_challenge(args: argparse.Namespace) -> int:
     from giacheck.challenge import rank_candidates
 
@@ -338,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     commands = {"run": _cmd_run, "bench": _cmd_bench, "models": _cmd_models, "report": _cmd_report,
-                "audit": _cmd_audit, "init-pack": _cmd_init_pack, "challenge": _cmd_challenge}
+                "audit": _cmd_audit, "init-pack": _cmd_init_pack, "challenge": _cmd_challenge,
+                "signal": _cmd_signal}
     if os.getcwd() not in sys.path:  # console scripts do not put it there; `module:function` models live here
         sys.path.insert(0, os.getcwd())
     try:

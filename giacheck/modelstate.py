@@ -128,7 +128,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def cache_dir() -> Path:
-    """Where warm starts are kept: ``$GIACHECK_CACHE``, else ``$XDG_CACHE_HOME/giacheck``, else ``~/.cache/giacheck``."""
+    """Where warm starts are kept: ``$GIACHECK_CACHE``, else ``$XDG_CACHE_HOME/giacheck``, else
+    ``~/.cache/giacheck``."""
     root = os.environ.get("GIACHECK_CACHE")
     if root:
         return Path(root)

@@ -52,7 +52,8 @@ from giacheck.specs import (
 from giacheck.tasks import Task, get_task
 from giacheck.validation import check_case
 
-__all__ = ["Result", "controlled_init", "resolve_device", "run_case"]  # controlled_init: from giacheck.ladder
+# controlled_init: from giacheck.ladder
+__all__ = ["Result", "controlled_init", "image_signal", "resolve_device", "run_case"]
 
 
 
@@ -129,6 +130,26 @@ def run_case(
     truth = truth_objective(setup.case.attack, setup.spec, setup.model, update, setup.batch.images,
                             labels=knowledge.labels, stats=knowledge.stats)  # after the attack returned
     return _score(setup, rec, knowledge, truth, marks)
+
+
+def image_signal(case: Case | str, *, profile: str = "smoke", device: str = "cpu",
+                 options: RunOptions | None = None) -> float:
+    """How much the client's update depends on its images (an auditor-side diagnostic, no attack): 1 − cos
+    between the update on the private batch and the update on a uniform gray batch with the same targets, over
+    all shared tensors. Near 0: the update says almost nothing about the image (e.g. inference-mode BatchNorm at
+    random initialization, where deep activations vanish)."""
+    options = options or RunOptions()
+    case = Case.parse(case) if isinstance(case, str) else case
+    if options.weights is not None and case.state == "random":
+        case = case.with_(state="ckpt")
+    s = _prepare(case, profile, device, options)
+    images = s.batch.images.to(s.device)
+    seed = s.options.seeds["client"]
+    true = simulate_update(s.model, images, s.labels, s.case.client, seed=seed).tensors
+    gray = simulate_update(s.model, torch.full_like(images, 0.5), s.labels, s.case.client, seed=seed).tensors
+    a = torch.cat([true[n].flatten().double() for n in true])
+    b = torch.cat([gray[n].flatten().double() for n in true])
+    return float(1 - torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
 def _prepare(case: Case, profile: str, device: str, options: RunOptions) -> _Setup:

@@ -46,5 +46,5 @@ def test_analogue_32px_bs1_leaks_more_than_bs2(gia) -> None:
     "much of a 2-image batch to collapse (README, smoke table)"))
 def test_analogue_32px_bs2_collapses(gia) -> None:
     """Analogue of "degrade almost entirely to noise": bs2 is not re-identified; bs1 of the same model on the same
-    first images is the enabler control, the 32×32 ResNet-18 control the budget's."""
+    first images is the enabler control, ``CONTROL_32`` the budget's."""
     gia.infeasible(BS2_32, control=CONTROL_32, enabler=BS1_32, needs="attack-limited")

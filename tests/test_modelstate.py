@@ -236,7 +236,8 @@ def test_checkpoint_through_run_case_records_its_hash(tmp_path: Path) -> None:
         runner.run_case(f"{TINY}-16-bn_train-bs1-stats_none-state_bncal", weights=str(ckpt))
 
 
-def test_checkpoint_of_another_shape_is_named_before_compute(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoint_of_another_shape_is_named_before_compute(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     wrong = tmp_path / "wrong.safetensors"
     save_file({"0.weight": torch.zeros(4, 3, 3, 3)}, str(wrong))
     code = main(["audit", "--model", TINY, "--input-size", "16", "--weights", str(wrong), "--out",

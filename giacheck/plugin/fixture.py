@@ -69,17 +69,19 @@ class GiaFixture:
     def case(self, case: str | Case) -> Case:
         """``case`` parsed, with the session's ``--giacheck-attack`` when it names no attack itself, and its model
         state: ``ckpt`` for a model given ``--giacheck-weights``, else ``--giacheck-state`` where it applies
-        (bncal: models with BatchNorm; warmN: classification models), for a case at the default state."""
+        (bncal: models with BatchNorm; warmN: classification models) whatever state the id names (a suite
+        re-judged under another state)."""
         from giacheck.specs import DEFAULT_ATTACK, Case
 
         parsed = Case.parse(case) if isinstance(case, str) else case
         attack = option(self.config, "attack")
         if attack and parsed.attack == DEFAULT_ATTACK:
             parsed = dataclasses.replace(parsed, attack=attack)
-        if parsed.state == "random":
-            state = "ckpt" if parsed.model.name in weights_by_model(self.config) else option(self.config, "state")
-            if state and _state_applies(state, parsed.model.name):
-                parsed = dataclasses.replace(parsed, state=state)
+        if parsed.model.name in weights_by_model(self.config):
+            return dataclasses.replace(parsed, state="ckpt")
+        state = option(self.config, "state")
+        if state and parsed.state != "ckpt" and _state_applies(state, parsed.model.name):
+            parsed = dataclasses.replace(parsed, state=state)
         return parsed
 
     @property
@@ -274,7 +276,7 @@ def _state_applies(state: str, model: str) -> bool:
         return get_entry(model).has_batchnorm
     if state.startswith("warm"):
         return get_entry(model).task == "classification"
-    return state != "random"
+    return True
 
 
 def _payload(*, suite: str, profile: str, nodeid: str, baselines_root: Path, trials: CaseTrials,

@@ -37,9 +37,10 @@ OPTIONS = (
     _Opt("storage", "Optuna storage URL or journal file shared by machines", ""),
     _Opt("attack", "attack for every case that names none itself: a registered name or package.module:Name "
                    "(default: the built-in gradmatch)", ""),
-    _Opt("state", "model state for every case that names none itself: random (default), bncal (applied to models "
-                  "with BatchNorm; it leaves the others unchanged, so they keep state random), warmN (classification "
-                  "models; N SGD steps from random initialization, warm-started, not trained)", ""),
+    _Opt("state", "run every case in this model state, whatever state its id names (re-judge a suite under "
+                  "another state): random, bncal (applied to models with BatchNorm; the others it would not change), "
+                  "warmN (classification models; N SGD steps from random initialization: warm-started, not "
+                  "trained). Default: each case's own", ""),
 )
 DEFAULT_THREADS = "1"  # what baselines are recorded with
 
