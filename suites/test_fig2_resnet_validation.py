@@ -9,9 +9,10 @@ An ordering whose higher side is not re-identified is inconclusive.
 The paper's own SSIM for its best Figure 2 cell (pre-activation, shared running statistics, its method) is
 0.054, against 0.030 for Huang et al. (§5.1): the "feasible" reading of Figure 2 is visual, and every number
 in it is below any feasibility level. The conclusive part at CPU scale is the negative one: post-activation
-ResNet-18 with a training-mode update stays infeasible whatever the statistics access, with the positive control
-``_claims.CONTROL_32`` under the same budget. Both networks run BN-calibrated (``_claims.STATE``): ``naive``
-then regularizes toward calibrated running statistics, not toward 0.9 × (0, 1) + 0.1 × the batch's.
+ResNet-18 with a training-mode update stays infeasible whatever the statistics access, with the inference-mode
+update of the same network as the positive control under the same budget. Both networks run warm-started
+(``_claims.STATE``): ``naive`` then regularizes toward running statistics of a network in training, not toward
+0.9 × (0, 1) + 0.1 × the batch's, as it does at random initialization.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _case(model: str, stats: str) -> str:
 
 @pytest.mark.parametrize("stats", ["exact", "naive", "proxy"])
 def test_post_act_training_mode_infeasible_whatever_the_statistics(gia, stats: str) -> None:
-    # the claim is practical (the attack fails)
+    # the control is the same network's inference-mode update; the claim is practical (the attack fails)
     gia.infeasible(_case(POST, stats), control=CONTROL_32, needs="attack-limited")
 
 

@@ -1,17 +1,18 @@
 """Paper §4.5.4 and Figure 3: client batch size. Swin-T, inference mode: bs1 leaks more than bs2.
 
 Canonical (224×224) cases are pipeline regressions in ``smoke`` and verdicts in ``paper`` (see Figure 1's
-module). The 32×32 adapted Swin-T gives a CPU *analogue* of the claim, labelled as such.
+module). The 32×32 adapted Swin-T, warm-started (``_claims.STATE``), gives a CPU *analogue* of the claim,
+labelled as such.
 """
 
 from __future__ import annotations
 
 import pytest
-from _claims import CONTROL_32, pipeline_budget
+from _claims import CONTROL_32, S, pipeline_budget
 
 from giacheck.specs import case_id
 
-BS1_32, BS2_32 = "swin_t_cifar-32-bn_eval-bs1-stats_none", "swin_t_cifar-32-bn_eval-bs2-stats_none"
+BS1_32, BS2_32 = f"swin_t_cifar-32-bn_eval-bs1-stats_none{S}", f"swin_t_cifar-32-bn_eval-bs2-stats_none{S}"
 
 
 @pytest.mark.parametrize("bs", [1, 2])
@@ -46,5 +47,5 @@ def test_analogue_32px_bs1_leaks_more_than_bs2(gia) -> None:
     "much of a 2-image batch to collapse (README, smoke table)"))
 def test_analogue_32px_bs2_collapses(gia) -> None:
     """Analogue of "degrade almost entirely to noise": bs2 is not re-identified; bs1 of the same model on the same
-    first images is the enabler control, ``CONTROL_32`` the budget's."""
+    first images is the enabler control, the 32×32 ResNet-18 control the budget's."""
     gia.infeasible(BS2_32, control=CONTROL_32, enabler=BS1_32, needs="attack-limited")

@@ -24,7 +24,6 @@ from giacheck.specs import AttackSpec, RunOptions, case_id
 LADDER = [round(0.1 * i, 1) for i in range(11)]
 NOISY = 0.6  # rungs with p >= NOISY: the paper's robust models recover no object-level structure from there
 ROBUST = {"vit_b16_cifar": "eval", "maxvit_t_cifar": "train", "convnext_t_cifar": "eval"}  # model: client BN mode
-STATES = {"maxvit_t_cifar": STATE}  # the one with BatchNorm runs BN-calibrated (_claims.STATE)
 # "gains little beyond the denoiser": reconstruction SSIM at most this much above the best denoiser of its start.
 # The paper gives no number; 0.1 is the smallest gain its Figure 4 row shows over the start at p >= 0.6 (+0.11).
 GAIN_LIMIT = 0.1
@@ -49,14 +48,15 @@ def _recovers(gia, case: str, options: RunOptions | None = None) -> None:
 
 
 def test_swin_recovers_from_a_noisy_start(gia) -> None:
-    _recovers(gia, case_id("swin_t_cifar", 32, bn="eval", bs=1, stats="none", init=0.8), _budget(gia.profile))
+    _recovers(gia, case_id("swin_t_cifar", 32, bn="eval", bs=1, stats="none", init=0.8, state=STATE),
+              _budget(gia.profile))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("p", LADDER)
 def test_swin_ladder(gia, p: float) -> None:
     gia.require_profile("paper", "the full ladder is 11 attacks per architecture")
-    _recovers(gia, case_id("swin_t_cifar", 32, bn="eval", bs=1, stats="none", init=p))
+    _recovers(gia, case_id("swin_t_cifar", 32, bn="eval", bs=1, stats="none", init=p, state=STATE))
 
 
 @pytest.mark.slow
@@ -66,8 +66,7 @@ def test_robust_models_ladder(gia, model: str, p: float) -> None:
     """Every rung is recorded (start, denoised start and reconstruction SSIM); from noisy starts the gain over
     the denoiser is a claim."""
     gia.require_profile("paper", f"{model} costs 0.75-1.3 s per attack iteration on a CPU")
-    trials = gia.regression(case_id(model, 32, bn=ROBUST[model], bs=1, stats="none", init=p,
-                                    state=STATES.get(model, "random")))
+    trials = gia.regression(case_id(model, 32, bn=ROBUST[model], bs=1, stats="none", init=p, state=STATE))
     if p >= NOISY:
         over = [g for g in _gains(trials) if g[3] - g[2] > GAIN_LIMIT]
         assert not over, (f"{trials.case_id}: gains more than {GAIN_LIMIT} over the best denoiser of its start: "

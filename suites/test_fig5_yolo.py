@@ -4,22 +4,22 @@ Claims: the unmodified YOLOv8n is not feasible; a pre-activation variant with a 
 not feasible; the BasicBlock variant (C2f → ResNet BasicBlocks: shallower, with skip connections) with an
 inference-mode update is feasible.
 
-The three networks run BN-calibrated (``_claims.STATE``). At random initialization an eval-mode YOLOv8n gives
-almost no signal: 1 − cos between the updates of the bus image and of a gray image is 1.2e-11 (BasicBlock
-1.9e-4), because running statistics are still 0/1 and activations vanish by P5. Calibrated, it is 1.05 (BasicBlock
-0.998; the pre-activation training-mode update 0.987 in both states), measured with ``giacheck signal``. The
-positive claim still needs GPU budgets: in ``smoke`` the three cases run as pipeline regressions, the verdicts
-need ``paper``.
+The three networks run BN-calibrated (``_claims.CALIBRATED``: a warm start would need boxes for the auxiliary
+images). At random initialization an eval-mode YOLOv8n gives almost no signal: 1 − cos between the updates of
+the bus image and of a gray image is 1.2e-11 (BasicBlock 1.9e-4), because running statistics are still 0/1 and
+activations vanish by P5. Calibrated it is 1.05 (BasicBlock 0.998; the pre-activation training-mode update 0.987
+in both states), measured with ``giacheck signal``. The positive claim still needs GPU budgets: in ``smoke``
+the three cases run as pipeline regressions, the verdicts need ``paper``.
 """
 
 from __future__ import annotations
 
 import pytest
-from _claims import STATE, pipeline_budget
+from _claims import CALIBRATED, pipeline_budget
 
-UNMODIFIED = f"yolov8n-256-bn_eval-bs1-stats_none-state_{STATE}"
-PREACT_TRAIN = f"yolov8n_preact-256-bn_train-bs1-stats_none-state_{STATE}"
-BASICBLOCK = f"yolov8n_basicblock-256-bn_eval-bs1-stats_none-state_{STATE}"
+UNMODIFIED = f"yolov8n-256-bn_eval-bs1-stats_none-state_{CALIBRATED}"
+PREACT_TRAIN = f"yolov8n_preact-256-bn_train-bs1-stats_none-state_{CALIBRATED}"
+BASICBLOCK = f"yolov8n_basicblock-256-bn_eval-bs1-stats_none-state_{CALIBRATED}"
 
 
 @pytest.mark.parametrize("case", [UNMODIFIED, PREACT_TRAIN, BASICBLOCK])

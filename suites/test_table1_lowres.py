@@ -5,28 +5,28 @@ Claims: "adapted low-resolution Swin-T and SwinV2-T are feasible; ViT-B/16, MaxV
 not", and §4.5.3: the canonical stem fed small images (unadapted) preserves spatial detail that the adapted
 model's stem removes, i.e. the unadapted form leaks at least as much.
 
-Negative claims are conclusive only with a positive control under the same budget and pool: ``CONTROL_32``
-(ConvNeXt-T with its canonical stem, which is also ConvNeXt-T's same-architecture enabler control, §4.5.3) and,
-where the suite has one, the same architecture with the enabler (MaxViT-T's inference-mode update). ViT-B/16 and
-MaxViT-T at 32×32 cost 0.75–1.3 s per iteration on a CPU, so their verdicts come from ``paper``. MaxViT-T has
-BatchNorm: it runs BN-calibrated (``_claims.STATE``), and its claim is about the training-mode update (below).
+Negative claims are conclusive only with a positive control under the same budget and pool: the 32×32
+inference-mode ResNet-18 (``CONTROL_32``) and, where the suite has one, the same architecture with the enabler
+(ConvNeXt-T's unadapted stem, MaxViT-T's inference-mode update). ViT-B/16 and MaxViT-T at 32×32 cost
+0.75–1.3 s per iteration on a CPU, so their verdicts come from ``paper``. MaxViT-T has BatchNorm: its claim is
+about the training-mode update (below).
 """
 
 from __future__ import annotations
 
 import pytest
-from _claims import CONTROL_32, STATE
+from _claims import CONTROL_32, STATE, S
 
 from giacheck.specs import case_id
 
 
 @pytest.mark.parametrize("model", ["swin_t_cifar", "swinv2_t_cifar"])
 def test_adapted_swin_family_feasible(gia, model: str) -> None:
-    gia.feasible(case_id(model, 32, bn="eval", bs=1, stats="none"))
+    gia.feasible(case_id(model, 32, bn="eval", bs=1, stats="none", state=STATE))
 
 
-UNADAPTED = "convnext_t_lowres_unadapted-32-bn_eval-bs1-stats_none"
-assert UNADAPTED == CONTROL_32, "the enabler control of ConvNeXt-T below"
+UNADAPTED = f"convnext_t_lowres_unadapted-32-bn_eval-bs1-stats_none{S}"
+ADAPTED = f"convnext_t_cifar-32-bn_eval-bs1-stats_none{S}"
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -36,7 +36,8 @@ assert UNADAPTED == CONTROL_32, "the enabler control of ConvNeXt-T below"
 def test_adapted_convnext_infeasible(gia) -> None:
     """The same-architecture enabler control is ConvNeXt-T with its canonical (unadapted) stem (§4.5.3). The claim
     is that the adapted architecture's update does not determine the image: information-limited."""
-    gia.infeasible("convnext_t_cifar-32-bn_eval-bs1-stats_none", control=UNADAPTED, needs="information-limited")
+    gia.infeasible(ADAPTED, control=CONTROL_32, enabler=UNADAPTED,
+                   needs="information-limited")
 
 
 # MaxViT-T is the one low-resolution model with BatchNorm (in its MBConv blocks), so the client's BN mode is an
@@ -50,18 +51,17 @@ def test_adapted_convnext_infeasible(gia) -> None:
 ])
 def test_adapted_vit_and_maxvit_infeasible(gia, model: str, bn: str) -> None:
     gia.require_profile("paper", f"{model} costs 0.75-1.3 s per attack iteration on a CPU")
-    state = STATE if model == "maxvit_t_cifar" else "random"  # the one with BatchNorm
-    enabler = case_id(model, 32, bn="eval", bs=1, stats="none", state=state) if bn == "train" else None
-    gia.infeasible(case_id(model, 32, bn=bn, bs=1, stats="none", state=state), control=CONTROL_32, enabler=enabler,
+    enabler = case_id(model, 32, bn="eval", bs=1, stats="none", state=STATE) if bn == "train" else None
+    gia.infeasible(case_id(model, 32, bn=bn, bs=1, stats="none", state=STATE), control=CONTROL_32, enabler=enabler,
                    needs="attack-limited")
 
 
 @pytest.mark.slow
 def test_adapted_maxvit_inference_mode_update_is_an_enabler(gia) -> None:
     gia.require_profile("paper", "maxvit_t_cifar costs 0.75 s per attack iteration on a CPU")
-    gia.ordering(f"maxvit_t_cifar-32-bn_eval-bs1-stats_none-state_{STATE}",
-                 f"maxvit_t_cifar-32-bn_train-bs1-stats_none-state_{STATE}", margin=0.0)
+    gia.ordering(f"maxvit_t_cifar-32-bn_eval-bs1-stats_none{S}", f"maxvit_t_cifar-32-bn_train-bs1-stats_none{S}",
+                 margin=0.0)
 
 
 def test_unadapted_stem_leaks_at_least_as_much(gia) -> None:
-    gia.ordering(UNADAPTED, "convnext_t_cifar-32-bn_eval-bs1-stats_none", margin=0.0)
+    gia.ordering(UNADAPTED, ADAPTED, margin=0.0)

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _claims import CONTROL_32, STATE
+from _claims import CONTROL_32, S
 
 from giacheck.specs import RunOptions
 
@@ -51,5 +51,5 @@ def test_control_is_reidentified_on_user_images(gia, user_images: RunOptions) ->
 
 
 def test_training_mode_update_is_infeasible_on_user_images(gia, user_images: RunOptions) -> None:
-    gia.infeasible(f"resnet18_cifar-32-bn_train-bs1-stats_none-state_{STATE}", control=CONTROL_32,
-                   needs="attack-limited", options=user_images)
+    gia.infeasible(f"resnet18_cifar-32-bn_train-bs1-stats_none{S}", control=CONTROL_32, needs="attack-limited",
+                   options=user_images)

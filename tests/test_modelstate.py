@@ -315,3 +315,20 @@ def test_init_pack_with_weights_records_then_a_changed_file_is_stale(pytester: p
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([f"stale baseline *{baseline.name}: recorded under weights={recorded}, this run "
                                  f"weights={modelstate.file_sha256(ckpt)};*"])
+
+
+def test_timm_state_dict_on_disk_loads_into_the_canonical_model(tmp_path: Path) -> None:
+    """What a researcher with timm weights on disk does (README): a file with timm's own keys for ``resnet18``
+    (here saved from timm at random initialization, standing in for a Hugging Face cache file) starts the
+    canonical model; the update then depends on those weights."""
+    import timm
+
+    torch.manual_seed(1)
+    net = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    case = "resnet18-64-bn_eval-bs1-stats_none"
+    options = RunOptions(weights=str(path))
+    assert runner.image_signal(case, options=options) != runner.image_signal(case)
+    with pytest.raises(Exception, match=r"fc\.weight: file \(1000, 512\) vs model \(10, 512\)"):
+        runner.image_signal("resnet18_cifar-32-bn_eval-bs1-stats_none", options=options)
