@@ -15,12 +15,14 @@ The auxiliary images are the server's: the attacker may know them, and scoring n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,11 +180,12 @@ def prepare_state(model: nn.Module, state: str, *, source: ImageSource, images: 
                                f"{getattr(task, 'name', task)!r} has none for them (valid: state_random, "
                                "state_bncal, state_ckpt)")
     key = _warm_key(model, model_name, resolution, model_seed, steps, views)
-    cache = _load_warm(model, key)
-    if cache is None:
-        warm_start(model, views, steps=steps, seed=model_seed, targets=views.labels.to(device))
-        _store_warm(model, key)
-        cache = "computed"
+    with _warm_lock(key):  # another process computing the same warm start: wait for its file
+        cache = _load_warm(model, key)
+        if cache is None:
+            warm_start(model, views, steps=steps, seed=model_seed, targets=views.labels.to(device))
+            _store_warm(model, key)
+            cache = "computed"
     return StateRecord(**common, label=f"warm-started, not trained: {steps} SGD steps on {len(views.names)} views "
                        f"of {', '.join(images)}", images=images, views=len(views.names), steps=steps,
                        recipe=dict(WARM_RECIPE), cache=cache, changed=True, bn_modules=len(batchnorms(model)),
@@ -207,6 +210,26 @@ def _warm_key(model: nn.Module, name: str, resolution: int, seed: int, steps: in
             "threads": torch.get_num_threads(), "device": str(next(model.parameters()).device)}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     return digest.hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def _warm_lock(key: str) -> Iterator[None]:
+    """An exclusive ``fcntl`` lock per warm start in the cache folder (released by the kernel if a process dies);
+    no lock where ``fcntl`` or the folder is unavailable: then two processes may both compute it."""
+    try:
+        import fcntl
+
+        folder = cache_dir() / "warm"
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / f"{key}.lock", "a+b")  # noqa: SIM115 (held for the block below)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()
 
 
 def _load_warm(model: nn.Module, key: str) -> str | None:

@@ -45,6 +45,7 @@ IDENTITY_FIELDS: tuple[tuple[str, str], ...] = (
     ("challenge", "challenge.set"),
     ("weights", "model_state.sha256"),  # a checkpoint's sha256 (None: no weights file)
     ("model_seed", "model_state.pinned_seed"),  # a model seed pinned apart from the trial seeds (None: not pinned)
+    ("warm_recipe", "model_state.recipe"),  # a warm start's optimizer, lr, batch (None: no warm start)
 )
 # What a file written before a field was recorded was run with (every baseline then came from the built-in attack
 # with the cosine distance), so that upgrading giacheck does not turn unchanged baselines stale.

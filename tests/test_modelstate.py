@@ -332,3 +332,34 @@ def test_timm_state_dict_on_disk_loads_into_the_canonical_model(tmp_path: Path) 
     assert runner.image_signal(case, options=options) != runner.image_signal(case)
     with pytest.raises(Exception, match=r"fc\.weight: file \(1000, 512\) vs model \(10, 512\)"):
         runner.image_signal("resnet18_cifar-32-bn_eval-bs1-stats_none", options=options)
+
+
+STATE_TEST = '''
+from giacheck.specs import AttackSpec, RunOptions
+
+QUICK = RunOptions(budget=AttackSpec(iterations=3))
+
+
+def test_bn_model(gia):
+    gia.regression("tinymod:tiny_cnn-16-bn_eval-bs1-stats_none-state_warm3", options=QUICK)
+
+
+def test_model_without_batchnorm(gia):
+    gia.regression("lenet_sigmoid-16-bn_eval-bs1-stats_none", options=QUICK)
+'''
+
+
+def test_giacheck_state_rejudges_a_suite_in_another_state(pytester: pytest.Pytester) -> None:
+    """``--giacheck-state bncal`` runs every case BN-calibrated whatever state its id names, and leaves a model
+    without BatchNorm as it is (calibration would not change it); bad values are usage errors."""
+    pytester.makepyfile(test_states=STATE_TEST)
+    pytester.runpytest_subprocess("--giacheck-state=bncal", "--giacheck-update-all",
+                                  "-p", "no:cacheprovider").assert_outcomes(passed=2)
+    names = sorted(p.name for p in (pytester.path / "baselines").rglob("*.json"))
+    assert names == ["lenet_sigmoid-16-bn_eval-bs1-stats_none.json",
+                     "tinymod:tiny_cnn-16-bn_eval-bs1-stats_none-state_bncal.json"]
+    for value, message in (("ckpt", "*give the file instead, --giacheck-weights MODEL=PATH*"),
+                           ("warm", "*model state 'warm' (valid: random, bncal, warmN*")):
+        bad = pytester.runpytest_subprocess(f"--giacheck-state={value}", "-p", "no:cacheprovider")
+        assert bad.ret == pytest.ExitCode.USAGE_ERROR
+        bad.stderr.fnmatch_lines([message])

@@ -81,7 +81,7 @@ def test_from_result_reads_scores_and_identity() -> None:
     assert record.identity == {"attack": "gradmatch", "iterations": 200, "restarts": 1, "lr": 0.1, "tv_weight": 0.01,
                                "bn_weight": 0.01, "bn_prior": "relative", "proxy_candidates": 4,
                                "distance": "cosine", "profile": "smoke", "challenge": None, "weights": None,
-                               "model_seed": None}
+                               "model_seed": None, "warm_recipe": None}
     assert record.result == result_dict()
     assert record.shown_verdict == "pass" and record.shown_baseline == "0.580 (pass)"
     assert record.with_outcome("failed").shown_verdict == "fail(base)"
