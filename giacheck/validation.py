@@ -9,7 +9,7 @@ from giacheck.data import ImageSource
 from giacheck.defences import make_defences
 from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.models import ModelEntry, get_entry
-from giacheck.specs import AXIS, BNMode, Case, LabelKnowledge, StatsAccess, UpdateKind
+from giacheck.specs import AXIS, BNMode, Case, LabelKnowledge, StatsAccess, UpdateKind, parse_state
 from giacheck.tasks import get_task
 
 __all__ = ["VALIDATORS", "CaseProblem", "check_case", "validate"]
@@ -114,6 +114,14 @@ def _defences(case: Case, entry: ModelEntry, source: ImageSource | None) -> list
     return []
 
 
+def _state(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
+    kind, _ = parse_state(case.state)
+    if kind == "warm" and entry.task != "classification":
+        return [f"state_{case.state} trains on auxiliary images with class labels; {entry.name}'s task "
+                f"{entry.task!r} has none for them (valid: state_random, state_bncal, state_ckpt)"]
+    return []
+
+
 def _attack(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
     try:
         ATTACKS.get(case.attack)
@@ -124,8 +132,8 @@ def _attack(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[s
 
 #: One validator per axis of the case grammar (``giacheck.specs.AXES``), run in this order.
 VALIDATORS: dict[str, Validator] = {
-    "res": _resolution, "bs": _batch_size, "bn": _bn_mode, "stats": _stats, "update": _update, "init": _init,
-    "labels": _labels, "defences": _defences, "attack": _attack,
+    "res": _resolution, "bs": _batch_size, "bn": _bn_mode, "stats": _stats, "state": _state, "update": _update,
+    "init": _init, "labels": _labels, "defences": _defences, "attack": _attack,
 }
 assert set(VALIDATORS) <= set(AXIS), "a validator for an axis the grammar does not have"
 

@@ -220,7 +220,7 @@ def test_warm_start_is_cached_and_reused(tmp_path: Path) -> None:
 
 
 def test_warm_start_refuses_a_detection_model_before_compute() -> None:
-    with pytest.raises(InvalidCaseError, match=r"state_warm5 trains on auxiliary images with class labels"):
+    with pytest.raises(InvalidCaseError, match=r"invalid case .*: state_warm5 trains on auxiliary images with class"):
         runner.run_case("yolov8n-64-bn_eval-bs1-stats_none-state_warm5", options=RunOptions(budget=QUICK))
 
 
