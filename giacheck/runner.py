@@ -113,10 +113,7 @@ def run_case(
     options = options or RunOptions()
     if weights is not None:
         options = replace(options, weights=str(weights))
-    case = Case.parse(case) if isinstance(case, str) else case
-    if options.weights is not None and case.state == "random":
-        case = case.with_(state="ckpt")
-    setup = _prepare(case, profile, device, options)
+    setup = _prepare(_with_weights_state(case, options), profile, device, options)
     marks.append(time.perf_counter())
     update = simulate_update(setup.model, setup.batch.images.to(setup.device), setup.labels, setup.case.client,
                              seed=setup.options.seeds["client"])
@@ -139,10 +136,7 @@ def image_signal(case: Case | str, *, profile: str = "smoke", device: str = "cpu
     all shared tensors. Near 0: the update says almost nothing about the image (e.g. inference-mode BatchNorm at
     random initialization, where deep activations vanish)."""
     options = options or RunOptions()
-    case = Case.parse(case) if isinstance(case, str) else case
-    if options.weights is not None and case.state == "random":
-        case = case.with_(state="ckpt")
-    s = _prepare(case, profile, device, options)
+    s = _prepare(_with_weights_state(case, options), profile, device, options)
     images = s.batch.images.to(s.device)
     seed = s.options.seeds["client"]
     true = simulate_update(s.model, images, s.labels, s.case.client, seed=seed).tensors
@@ -150,6 +144,12 @@ def image_signal(case: Case | str, *, profile: str = "smoke", device: str = "cpu
     a = torch.cat([true[n].flatten().double() for n in true])
     b = torch.cat([gray[n].flatten().double() for n in true])
     return float(1 - torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def _with_weights_state(case: Case | str, options: RunOptions) -> Case:
+    """``case`` parsed; at the default state ``random`` with a weights file given, at state ``ckpt``."""
+    case = Case.parse(case) if isinstance(case, str) else case
+    return case.with_(state="ckpt") if options.weights is not None and case.state == "random" else case
 
 
 def _prepare(case: Case, profile: str, device: str, options: RunOptions) -> _Setup:
@@ -167,11 +167,11 @@ def _prepare(case: Case, profile: str, device: str, options: RunOptions) -> _Set
     _check_pool_left(source, batch, case, auxiliary)
     seeds = options.seeds
     model = build(case.model.name, case.model.resolution, seed=seeds["model"]).to(torch_device)
+    if case.client.bn_mode is BNMode.TRAIN:
+        _check_train_mode_bn(model, tuple(batch.images.shape), case)
     state = prepare_state(model, case.state, source=source, images=auxiliary, resolution=case.model.resolution,
                           model_seed=seeds["model"], pinned_seed=options.model_seed, task=task,
                           model_name=case.model.name, weights=options.weights, device=torch_device)
-    if case.client.bn_mode is BNMode.TRAIN:
-        _check_train_mode_bn(model, tuple(batch.images.shape), case)
     return _Setup(case=case, profile=profile, options=options, spec=spec, entry=entry, task=task, source=source,
                   attack=attack, device=torch_device, batch=batch, model=model,
                   labels=task.targets(batch, torch_device), state=state)
