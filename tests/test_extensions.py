@@ -109,7 +109,7 @@ def test_attack_plug_in_through_a_suite_claim(tmp_path: Path) -> None:
     baselines = tmp_path / "baselines"
     suite = Path("smoke") / "test_table1_legacy_cnn"
     shutil.copytree(REPO / "baselines" / suite, baselines / suite)
-    builtin = baselines / "smoke" / "test_table1_legacy_cnn" / "resnet18_cifar-32-bn_eval-bs1-stats_none.json"
+    builtin = baselines / suite / "resnet18_cifar-32-bn_eval-bs1-stats_none-state_warm100.json"
     before = builtin.read_bytes()
     command = [sys.executable, "-m", "pytest", str(REPO / "suites" / "test_table1_legacy_cnn.py"), "-q",
                "-k", "test_post_act_inference_mode_update_is_feasible", "-p", "gia_extensions", "-p", "budget_patch",
@@ -118,9 +118,10 @@ def test_attack_plug_in_through_a_suite_claim(tmp_path: Path) -> None:
     env = {**__import__("os").environ, "PYTHONPATH": str(EXTENSIONS)}
     first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     row = json.loads((tmp_path / "artifacts" / "results.jsonl").read_text().splitlines()[0])
-    assert row["case_id"] == "resnet18_cifar-32-bn_eval-bs1-stats_none-atk_dlg", first.stdout[-2000:]
+    assert row["case_id"] == "resnet18_cifar-32-bn_eval-bs1-stats_none-state_warm100-atk_dlg", first.stdout[-2000:]
     assert row["baseline"]["status"] == "missing" and "no baseline recorded" in first.stdout
     recorded = subprocess.run([*command, "--giacheck-update-all"], capture_output=True, text=True, env=env,
                               cwd=tmp_path, timeout=600)
-    assert (builtin.parent / "resnet18_cifar-32-bn_eval-bs1-stats_none-atk_dlg.json").exists(), recorded.stdout[-2000:]
+    dlg = builtin.parent / "resnet18_cifar-32-bn_eval-bs1-stats_none-state_warm100-atk_dlg.json"
+    assert dlg.exists(), recorded.stdout[-2000:]
     assert builtin.read_bytes() == before
