@@ -45,7 +45,7 @@ CALIBRATION_CHUNK = 32  # views per calibration forward
 # The warm start's recipe: part of its cache key, recorded with every result.
 WARM_RECIPE = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 16,
                "bn_mode": "train"}
-_MEMORY: dict[str, dict[str, torch.Tensor]] = {}  # warm-start state dicts computed in this process, by cache key
+_MEMORY: dict[str, dict[str, torch.Tensor]] = {}  # calibrated and warm state dicts made in this process, by key
 
 
 def auxiliary_images(source: ImageSource, *, exclude: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -169,7 +169,13 @@ def prepare_state(model: nn.Module, state: str, *, source: ImageSource, images: 
         return StateRecord(**common, label="random initialization (seeded)")
     views = auxiliary_views(source, images, resolution)
     if kind == "bncal":
-        count = calibrate_bn(model, views.images.to(device))
+        key = _state_key(model, model_name, resolution, model_seed, state, views)
+        if key in _MEMORY:  # the calibration of an earlier trial in this process (deterministic)
+            model.load_state_dict(_MEMORY[key])
+            count = len(batchnorms(model))
+        else:
+            count = calibrate_bn(model, views.images.to(device))
+            _MEMORY[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         label = (f"BatchNorm running statistics of {count} modules estimated on {len(views.names)} views of "
                  f"{', '.join(images)}; weights at random initialization" if count else
                  "no BatchNorm: unchanged from random initialization")
@@ -179,7 +185,7 @@ def prepare_state(model: nn.Module, state: str, *, source: ImageSource, images: 
         raise InvalidCaseError(f"state_{state} trains on auxiliary images with class labels; {model_name}'s task "
                                f"{getattr(task, 'name', task)!r} has none for them (valid: state_random, "
                                "state_bncal, state_ckpt)")
-    key = _warm_key(model, model_name, resolution, model_seed, steps, views)
+    key = _state_key(model, model_name, resolution, model_seed, state, views)
     with _warm_lock(key):  # another process computing the same warm start: wait for its file
         cache = _load_warm(model, key)
         if cache is None:
@@ -197,15 +203,15 @@ def _unwrapped(model: nn.Module) -> nn.Module:
     return getattr(model, "net", model)
 
 
-def _warm_key(model: nn.Module, name: str, resolution: int, seed: int, steps: int, views: ImageBatch) -> str:
-    """The cache key of a warm start: the random initialization it starts from (its bytes), the data, the
-    recipe and the versions that could round differently."""
+def _state_key(model: nn.Module, name: str, resolution: int, seed: int, state: str, views: ImageBatch) -> str:
+    """The cache key of a calibration or warm start: the random initialization it starts from (its bytes), the
+    data, the recipe and what could round differently (versions, threads, device)."""
     digest = hashlib.sha256()
     for key, tensor in model.state_dict().items():
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     digest.update(views.images.numpy().tobytes())
-    meta = {"model": name, "resolution": resolution, "seed": seed, "steps": steps, "views": list(views.names),
+    meta = {"model": name, "resolution": resolution, "seed": seed, "state": state, "views": list(views.names),
             "labels": views.labels.tolist(), "recipe": WARM_RECIPE, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": str(next(model.parameters()).device)}
     digest.update(json.dumps(meta, sort_keys=True).encode())

@@ -41,10 +41,6 @@ def test_analogue_32px_bs1_leaks_more_than_bs2(gia) -> None:
     gia.ordering(BS1_32, BS2_32, margin=0.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not reproduced at 32x32 (smoke): bs2 is re-identified — 2 of 4 images, the most leaking zidane's batch-mate "
-    "motorcycle at SSIM 0.509, rank 1 of 257 (z +9.9), rocket 0.475 (rank 2); adapted Swin-T at 32 px keeps too "
-    "much of a 2-image batch to collapse (README, smoke table)"))
 def test_analogue_32px_bs2_collapses(gia) -> None:
     """Analogue of "degrade almost entirely to noise": bs2 is not re-identified; bs1 of the same model on the same
     first images is the enabler control, the 32×32 ResNet-18 control the budget's."""

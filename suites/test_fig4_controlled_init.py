@@ -47,6 +47,10 @@ def _recovers(gia, case: str, options: RunOptions | None = None) -> None:
                                    for i, s, d, r in short))
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "not reproduced in smoke, warm-started: rocket is re-identified (SSIM 0.200, rank 4 of 257) and beats the best "
+    "denoiser of its start (0.161, start 0.020), but zidane's reconstruction (0.056) stays below its start's "
+    "denoiser (0.066); at random initialization both beat it (0.492 and 0.395; README, model-state table)"))
 def test_swin_recovers_from_a_noisy_start(gia) -> None:
     _recovers(gia, case_id("swin_t_cifar", 32, bn="eval", bs=1, stats="none", init=0.8, state=STATE),
               _budget(gia.profile))

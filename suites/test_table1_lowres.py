@@ -20,7 +20,12 @@ from _claims import CONTROL_32, STATE, S
 from giacheck.specs import case_id
 
 
-@pytest.mark.parametrize("model", ["swin_t_cifar", "swinv2_t_cifar"])
+@pytest.mark.parametrize("model", ["swin_t_cifar", pytest.param("swinv2_t_cifar", marks=pytest.mark.xfail(
+    strict=True, reason=(
+        "not reproduced in smoke, warm-started: no image re-identified — most leaking image rocket SSIM 0.441, rank "
+        "9 of 257 (p 0.035 > 0.025), content displaced (patch-matched p 0.008), information-limited (objective "
+        "0.0009 below the truth's 0.0013); at random initialization it re-identified rocket at rank 2 (README, "
+        "model-state table)")))])
 def test_adapted_swin_family_feasible(gia, model: str) -> None:
     gia.feasible(case_id(model, 32, bn="eval", bs=1, stats="none", state=STATE))
 
@@ -30,9 +35,10 @@ ADAPTED = f"convnext_t_cifar-32-bn_eval-bs1-stats_none{S}"
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "not reproduced in smoke: convnext_t_cifar re-identifies rocket (SSIM 0.592, rank 1 of 257, z +2.9; zidane "
-    "0.083, not re-identified), information-limited (objective 0.0008 below the truth's 0.0013): the update of a "
-    "randomly initialized adapted ConvNeXt-T still determines a simple image at 32 px (README, smoke table)"))
+    "inconclusive in smoke, warm-started: no image re-identified (rocket SSIM 0.040, rank 52 of 257; zidane 0.071, "
+    "rank 191), but attack-limited on rocket (objective 0.0089 above the truth's 0.0013; zidane reached it), and "
+    "the claim needs information-limited; at random initialization rocket was re-identified (0.592, rank 1) although "
+    "information-limited (README, model-state table)"))
 def test_adapted_convnext_infeasible(gia) -> None:
     """The same-architecture enabler control is ConvNeXt-T with its canonical (unadapted) stem (§4.5.3). The claim
     is that the adapted architecture's update does not determine the image: information-limited."""

@@ -157,6 +157,25 @@ def test_bn_calibration_sets_running_statistics_and_restores_momentum() -> None:
     torch.testing.assert_close(bn.running_var, torch.stack(chunks).mean(0), rtol=1e-5, atol=1e-6)
 
 
+def test_bncal_is_reused_within_a_process_and_identical() -> None:
+    source = open_source("bundled", num_classes=10)
+
+    def calibrated() -> dict[str, torch.Tensor]:
+        model = build(TINY, 16, seed=2)
+        record = modelstate.prepare_state(model, "bncal", source=source, images=("astronaut",), resolution=16,
+                                          model_seed=2, pinned_seed=None, task=None, model_name=TINY, weights=None,
+                                          device=torch.device("cpu"))
+        assert record.bn_modules == 2 and record.changed
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    first = calibrated()
+    assert len(modelstate._MEMORY) == 1
+    second = calibrated()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    modelstate._MEMORY.clear()
+    assert all(torch.equal(first[k], v) for k, v in calibrated().items()), "the cache changes no number"
+
+
 def test_bncal_leaves_a_layernorm_model_unchanged_and_says_so() -> None:
     model = build("convnext_t_cifar", 32, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
