@@ -175,7 +175,7 @@ def prepare_state(model: nn.Module, state: str, *, source: ImageSource, images: 
             count = len(batchnorms(model))
         else:
             count = calibrate_bn(model, views.images.to(device))
-            _MEMORY[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            _MEMORY[key] = _copied_state(model)
         label = (f"BatchNorm running statistics of {count} modules estimated on {len(views.names)} views of "
                  f"{', '.join(images)}; weights at random initialization" if count else
                  "no BatchNorm: unchanged from random initialization")
@@ -196,6 +196,11 @@ def prepare_state(model: nn.Module, state: str, *, source: ImageSource, images: 
                        f"of {', '.join(images)}", images=images, views=len(views.names), steps=steps,
                        recipe=dict(WARM_RECIPE), cache=cache, changed=True, bn_modules=len(batchnorms(model)),
                        seconds=time.perf_counter() - start)
+
+
+def _copied_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as contiguous copies (kept while the model itself goes on training)."""
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
@@ -255,13 +260,12 @@ def _load_warm(model: nn.Module, key: str) -> str | None:
     except Exception as exc:  # a truncated or foreign cache file is ours to recompute, not the user's error
         log.warning("warm-start cache %s does not load (%s: %s); recomputing", path, type(exc).__name__, exc)
         return None
-    _MEMORY[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    _MEMORY[key] = _copied_state(model)
     return "disk"
 
 
 def _store_warm(model: nn.Module, key: str) -> None:
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    _MEMORY[key] = state
+    state = _MEMORY[key] = _copied_state(model)
     folder = cache_dir() / "warm"
     try:
         from safetensors.torch import save_file
