@@ -1,15 +1,18 @@
 """``giacheck audit``: run a pack's grid without pytest and write a report — usable as a CI gate.
 
-Everything is checked before any compute: the output folder (new, empty, or a previous audit's), the
-profile and device, the model (it imports, its factory builds an entry) and every configuration of the grid.
-Each finished case is appended to ``results.jsonl`` at once; at the end come ``results.json`` (the suites'
-format, so ``giacheck report`` merges it with anything else), the PNGs, ``report.html`` and ``report.md``.
+Everything is checked before any compute: the output folder (new, empty, or a previous audit's; writable),
+the profile and device, the model (it imports, its factory builds it, one forward pass runs) and every
+configuration of the grid. The audit holds a lock on ``--out`` while it runs: a second audit there is refused with
+the first's pid. Each finished case is appended to ``results.jsonl`` at once; at the end come ``results.json``
+(the suites' format, so ``giacheck report`` merges it with anything else), the PNGs, ``report.html`` and
+``report.md``, all built from the journal. An audit that did not reach its end is resumed by rerunning the same
+command: finished cases are kept, not recomputed (``audit-state.json`` records what they depend on).
 
-Exit codes: 0 every configuration is at or below its threshold and the positive control reconstructs;
-1 some configuration is feasible above its threshold (it leaks); 3 inconclusive (the control did not
-reconstruct under the same budget, so "below threshold" proves nothing); 2 bad input, found before anything
-runs — or an error in the middle of a run, which is named (the finished cases stay in ``results.jsonl``;
-an error is never read as "the attack failed").
+Exit codes (:mod:`giacheck.cli` documents them for every command): 0 every configuration is at or below its
+threshold and the positive control reconstructs; 1 some configuration is feasible above its threshold (it
+leaks); 3 inconclusive (the control did not reconstruct under the same budget, so "below threshold" proves
+nothing); 2 bad input, found before anything runs; 4 an error in the middle of a run, which is named (the
+finished cases stay in ``results.jsonl``; an error is never read as "the attack failed"); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -27,18 +30,28 @@ from tqdm import tqdm
 from giacheck import claims
 from giacheck.claims import ClaimKind, ClaimResult, Verdict
 from giacheck.errors import GiacheckError
-from giacheck.jsonio import Journal
-from giacheck.outputs import check_output_folder, claim_outputs
-from giacheck.pack import Pack
-from giacheck.records import RESULTS_JSON, RESULTS_JSONL, BaselineCheck, BaselineStatus, CaseRecord, write_results
+from giacheck.jsonio import Journal, read_json, write_json_atomic
+from giacheck.outputs import OutputLock, check_output_folder, claim_outputs, remove_outputs
+from giacheck.pack import Pack, Plan
+from giacheck.records import (
+    RESULTS_JSON,
+    RESULTS_JSONL,
+    BaselineCheck,
+    BaselineStatus,
+    CaseRecord,
+    read_records,
+    write_results,
+)
 from giacheck.specs import Case, get_profile
 
-__all__ = ["AuditOutcome", "EXIT_INCONCLUSIVE", "EXIT_LEAKS", "EXIT_OK", "WRITER", "exit_code", "run_audit"]
+__all__ = ["AuditOutcome", "EXIT_INCONCLUSIVE", "EXIT_LEAKS", "EXIT_OK", "STATE_JSON", "WRITER", "exit_code",
+           "identity", "run_audit"]
 
 log = logging.getLogger("giacheck.audit")
 
 EXIT_OK, EXIT_LEAKS, EXIT_INCONCLUSIVE = 0, 1, 3
 WRITER = "audit"  # how the output manifest names what this module wrote
+STATE_JSON = "audit-state.json"  # {"identity": identity(), "finished": bool}: what a rerun may resume
 NOT_CHECKED = BaselineCheck(status=BaselineStatus.NOT_CHECKED, passed=True,
                             message="baselines are not checked by an audit (the pack's tests check them)")
 
@@ -52,6 +65,7 @@ class AuditOutcome:
     not_applicable: tuple[tuple[str, str], ...]
     files: dict[str, Path]
     challenge: str = ""  # the private images and seeds every configuration ran over
+    resumed: tuple[str, ...] = ()  # cases kept from an unfinished audit's journal, not recomputed
 
     @property
     def leaking(self) -> list[str]:
@@ -77,16 +91,21 @@ class AuditOutcome:
         return lines
 
 
-def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
-              progress: bool | None = None, stream: TextIO | None = None) -> AuditOutcome:
+def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str, progress: bool | None = None,
+              stream: TextIO | None = None, fresh: bool = False) -> AuditOutcome:
     """Run every configuration of ``pack`` and write results and a report into ``out``.
+
+    An audit that stopped before its end (interrupted, killed, or failed on an error) is resumed by the same
+    call: the cases its journal holds are kept, not recomputed, when the audit's identity (:func:`identity`:
+    pack, grid, attack, budget, device, model hash) is the one recorded; another identity is refused, saying
+    what differs. ``fresh`` discards the unfinished audit's cases instead. A finished audit is replaced.
 
     Args:
         progress: draw a progress bar (default: when ``stream`` is a terminal); otherwise log one line a case.
         stream: where the progress bar goes (default: standard error).
 
     Raises:
-        GiacheckError: bad input, before any compute (see the module docstring).
+        GiacheckError: bad input, before any compute (see the module docstring); ``out`` held by another audit.
     """
     from giacheck.challenge import CaseTrials, trial_options
     from giacheck.models import get_entry
@@ -97,51 +116,145 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str,
     torch_device = resolve_device(device)  # an unknown device, or CUDA where there is none: before any write
     if get_profile(profile).needs_gpu and torch_device.type == "cpu":
         raise GiacheckError(f"profile {profile!r} needs a GPU (--device cuda); on a CPU use --profile smoke")
-    plan = pack.plan()  # also validates the control
+    plan = pack.plan()  # also validates the control and builds the model once
     stream = stream or sys.stderr
-    bar = _Progress(len(plan.cases) + 1, stream, enabled=stream.isatty() if progress is None else progress)
     options = pack.run_options()
     challenge = get_profile(profile).challenge
     artifacts = out / profile / pack.name
-    out.mkdir(parents=True, exist_ok=True)
-    claim_outputs(out, WRITER, [RESULTS_JSON, RESULTS_JSONL, profile])  # before any compute: a rerun may replace
-    (out / RESULTS_JSONL).write_text("")  # a run that fails before its first case leaves no old cases behind
-    journal = Journal(out / RESULTS_JSONL, fresh=False)
-    records: list[CaseRecord] = []
+    ident = identity(pack, plan, profile=profile, device=str(torch_device))
+    with OutputLock(out, command="giacheck audit"):
+        check_output_folder(out, command="giacheck audit", consequence="nothing was run or written")
+        done = _resume(out, ident, fresh=fresh)
+        claim_outputs(out, WRITER, [RESULTS_JSON, RESULTS_JSONL, STATE_JSON, profile])
+        write_json_atomic({"identity": ident, "finished": False}, out / STATE_JSON)
+        journal = Journal(out / RESULTS_JSONL, fresh=not done)
+        if not done:  # a run that fails before its first case leaves no old cases behind
+            (out / RESULTS_JSONL).write_text("")
+        bar = _Progress(len(plan.cases) + 1, stream, enabled=stream.isatty() if progress is None else progress)
 
-    def record(trials: CaseTrials, claim: ClaimResult, wall: float) -> None:
-        trials.save(artifacts)
-        case = CaseRecord.from_result(trials.to_dict(), suite=pack.name, profile=profile, claim=claim,
-                                      baseline=NOT_CHECKED, wall_s=wall, origin="computed",
-                                      outcome="passed" if claim.passed else "failed")
-        records.append(case)
-        journal.append(case.to_json())
-        worst = trials.evidence.worst
-        bar.step(f"{case.case_id}: worst image SSIM {worst.ssim:.3f} p {worst.p_value:.3g} {claim.verdict}")
+        def record(trials: CaseTrials, claim: ClaimResult, wall: float) -> None:
+            trials.save(artifacts)
+            case = CaseRecord.from_result(trials.to_dict(), suite=pack.name, profile=profile, claim=claim,
+                                          baseline=NOT_CHECKED, wall_s=wall, origin="computed",
+                                          outcome="passed" if claim.passed else "failed")
+            journal.append(case.to_json())
+            worst = trials.evidence.worst
+            bar.step(f"{case.case_id}: worst image SSIM {worst.ssim:.3f} p {worst.p_value:.3g} {claim.verdict}")
 
-    def run(case: Any, options: Any) -> tuple[CaseTrials, float]:
-        start = time.perf_counter()
-        entry = get_entry(Case.parse(case).model.name if isinstance(case, str) else case.model.name)
-        results = [run_case(case, profile=profile, device=device, options=o)
-                   for o in trial_options(options, challenge, num_classes=entry.num_classes, task=entry.task)]
-        return CaseTrials.of(results, selection=challenge.selection), time.perf_counter() - start
+        def run(case: Any, options: Any) -> tuple[CaseTrials, float]:
+            start = time.perf_counter()
+            entry = get_entry(Case.parse(case).model.name if isinstance(case, str) else case.model.name)
+            results = [run_case(case, profile=profile, device=device, options=o)
+                       for o in trial_options(options, challenge, num_classes=entry.num_classes, task=entry.task)]
+            return CaseTrials.of(results, selection=challenge.selection), time.perf_counter() - start
 
-    try:
-        control_trials, wall = run(pack.control_id, options)
-        control = claims.feasible(control_trials.evidence)
-        record(control_trials, control, wall)
-        for case in plan.cases:
-            trials, wall = run(case, pack.case_options())
-            record(trials, pack.judge(trials.evidence, control, control_set=control_trials.evidence.trial_set),
-                   wall)
-    finally:
-        bar.close()
-    files = {"results": write_results(records, out / RESULTS_JSON, profile=profile), "journal": journal.path}
-    outcome = AuditOutcome(exit_code=exit_code(records), cases=tuple(records),
-                           not_applicable=plan.not_applicable, files=files,
-                           challenge=_shown_challenge(options, challenge))
-    files.update(_report(out, outcome.summary(pack)))
+        if done:
+            log.info("resuming the audit in %s: %d finished case(s) kept from %s, not recomputed", out, len(done),
+                     RESULTS_JSONL)
+        try:
+            if pack.control_id in done:
+                control, control_set = _claim_of(done[pack.control_id]), _trial_set(done[pack.control_id])
+                bar.step(f"{pack.control_id}: kept from the journal")
+            else:
+                control_trials, wall = run(pack.control_id, options)
+                control, control_set = claims.feasible(control_trials.evidence), control_trials.evidence.trial_set
+                record(control_trials, control, wall)
+            for case in plan.cases:
+                if case.id in done:
+                    bar.step(f"{case.id}: kept from the journal")
+                    continue
+                trials, wall = run(case, pack.case_options())
+                record(trials, pack.judge(trials.evidence, control, control_set=control_set), wall)
+        finally:
+            bar.close()
+        records = _journal_records(out, [pack.control_id, *(c.id for c in plan.cases)])
+        files = {"results": write_results(records, out / RESULTS_JSON, profile=profile), "journal": journal.path}
+        outcome = AuditOutcome(exit_code=exit_code(records), cases=tuple(records),
+                               not_applicable=plan.not_applicable, files=files,
+                               challenge=_shown_challenge(options, challenge), resumed=tuple(done))
+        files.update(_report(out, outcome.summary(pack)))
+        write_json_atomic({"identity": ident, "finished": True}, out / STATE_JSON)
     return outcome
+
+
+def identity(pack: Pack, plan: Plan, *, profile: str, device: str) -> dict[str, Any]:
+    """What an audit's results depend on: a journal is resumed only under the same identity."""
+    import torch
+
+    from giacheck import __version__
+
+    return {
+        "pack": pack.name, "model": pack.model, "model_sha256": plan.model_sha256,
+        "cases": [case.id for case in plan.cases], "control": pack.control_id,
+        "rules": [[rule.text, rule.max_ssim, rule.where] for rule in pack.rules],
+        "attack": pack.attacker, "budget": None if pack.attack is None else repr(pack.attack),
+        "data": pack.data, "seed": pack.seed, "profile": profile, "device": device,
+        "giacheck": __version__, "torch": torch.__version__,
+    }
+
+
+def _resume(out: Path, ident: dict[str, Any], *, fresh: bool) -> dict[str, CaseRecord]:
+    """The finished cases of an unfinished audit in ``out`` to keep, by case id; none for a finished audit, a
+    new folder, or with ``fresh`` (the older files are then removed, so no report of another run stays beside a
+    new journal).
+
+    Raises:
+        GiacheckError: ``out`` holds an unfinished audit of another identity (what differs is named).
+    """
+    state_path, journal = out / STATE_JSON, out / RESULTS_JSONL
+    state: dict[str, Any] = {}
+    if state_path.is_file():
+        try:
+            state = read_json(state_path)
+            if not isinstance(state, dict):
+                raise GiacheckError(f"{state_path}: expected a JSON object, got {type(state).__name__}")
+        except GiacheckError as exc:
+            raise GiacheckError(f"{exc}; the audit state of --out {out} is unreadable, so its journal cannot be "
+                                "resumed. Use --fresh to start over (its finished cases are then discarded), or "
+                                "another --out.") from None
+    unfinished = state.get("finished") is False and journal.is_file()
+    if unfinished and not fresh:
+        recorded = state.get("identity") or {}
+        differs = sorted(k for k in set(recorded) | set(ident) if recorded.get(k) != ident.get(k))
+        kept = read_records(journal)
+        if differs:
+            shown = "; ".join(f"{k}: recorded {recorded.get(k)!r}, now {ident.get(k)!r}" for k in differs[:4])
+            raise GiacheckError(
+                f"--out {out} holds an unfinished audit ({len(kept)} finished case(s) in {RESULTS_JSONL}) of another "
+                f"configuration ({shown}); nothing was run or written. Rerun with the same arguments (and the same "
+                "model code and weights) to resume it, add --fresh to discard it, or choose another --out.")
+        wanted = {ident["control"], *ident["cases"]}
+        return {r.case_id: r for r in kept if r.case_id in wanted}
+    for name in (RESULTS_JSON, RESULTS_JSONL):
+        path = out / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    from giacheck.report import WRITER as REPORT_WRITER
+
+    remove_outputs(out, REPORT_WRITER)  # a report of the older run never stands beside the new journal
+    return {}
+
+
+def _journal_records(out: Path, case_ids: list[str]) -> list[CaseRecord]:
+    """The audit's records, read back from its journal (control first, then the grid's order)."""
+    by_id = {r.case_id: r for r in read_records(out / RESULTS_JSONL)}
+    missing = [c for c in case_ids if c not in by_id]
+    if missing:
+        raise GiacheckError(f"{out / RESULTS_JSONL}: no record of {', '.join(missing)} after the audit ran them; "
+                            "the journal was changed while the audit ran")
+    return [by_id[c] for c in case_ids]
+
+
+def _claim_of(record: CaseRecord) -> ClaimResult:
+    """The control's claim as its journal record keeps it."""
+    worst = record.evidence
+    return ClaimResult(kind=record.claim, case_id=record.case_id, verdict=record.verdict,
+                       measured=worst.worst_ssim if worst else record.scores.ssim_max, threshold=None,
+                       message=record.message)
+
+
+def _trial_set(record: CaseRecord) -> tuple[str, ...]:
+    return tuple(record.result.get("challenge", {}).get("set", ()))
 
 
 def _shown_challenge(options: Any, challenge: Any) -> str:

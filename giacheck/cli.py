@@ -1,14 +1,23 @@
 """The ``giacheck`` command: ``run`` one case, ``audit`` a model's deployment grid, scaffold a test pack
 (``init-pack``), merge results into a ``report``, ``bench`` the attack, list ``models``.
 
-Model strings ``package.module:function`` are imported with the current folder on the import path."""
+Model strings ``package.module:function`` are imported with the working directory at the end of the import
+path, after giacheck's own imports: a module there never shadows an installed package.
+
+Exit status, the same for every command:
+  0    ok: what was asked ran, and (audit) no configuration leaks an identifiable image
+  1    audit: a configuration leaks (feasible above its rule)
+  2    bad input (options, files, model code that raises or exits), refused before any compute
+  3    audit: inconclusive (the positive control did not reconstruct under the same budget)
+  4    internal error: something failed while running (named; finished results are kept)
+  130  interrupted (Ctrl-C); a rerun of the same audit resumes it
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -17,13 +26,36 @@ from pathlib import Path
 from giacheck.errors import GiacheckError
 from giacheck.specs import DEFAULT_ATTACK, PROFILES, Case
 
-__all__ = ["main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "main"]
 
 log = logging.getLogger("giacheck.cli")
 
+EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 4, 130
+_SEED_MAX = 2**63 - 1  # torch.manual_seed takes a 64-bit seed; numpy and the client's generators int64
+
+
+def _bounded_int(low: int, high: int | None = None, what: str = "a whole number"):
+    """An argparse ``type``: a whole number in [low, high]; anything else is a usage error (exit 2) saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give {what}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give {what}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+_SEED = _bounded_int(0, _SEED_MAX, f"a seed from 0 to {_SEED_MAX}")
+_POSITIVE = _bounded_int(1, None, "a whole number >= 1")
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="giacheck", description=__doc__)
+    parser = argparse.ArgumentParser(prog="giacheck", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -31,16 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("case_id", help="e.g. resnet18_cifar-32-bn_eval-bs1-stats_none")
     run.add_argument("--profile", default="smoke", choices=sorted(PROFILES), help="attack budget (default: smoke)")
     run.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    run.add_argument("--seed", type=int, default=0, help="the attack's seed; also the model's and the client's "
+    run.add_argument("--seed", type=_SEED, default=0, help="the attack's seed; also the model's and the client's "
                      "unless --model-seed / --client-seed are given (default: 0)")
-    run.add_argument("--model-seed", type=int, help="seed of the model's random initialization (default: --seed)")
-    run.add_argument("--client-seed", type=int, help="seed of the client's data order and defences (default: --seed)")
+    run.add_argument("--model-seed", type=_SEED, help="seed of the model's random initialization (default: --seed)")
+    run.add_argument("--client-seed", type=_SEED, help="seed of the client's data order and defences (default: --seed)")
     run.add_argument("--weights", type=Path, help="local weights file the global model starts from (safetensors or a "
                      "torch.save state dict; the case runs at state ckpt)")
     run.add_argument("--data", default="bundled",
                      help="image source: bundled, imagefolder:PATH, cifar10:PATH or PATH (default: bundled)")
-    run.add_argument("--iterations", type=int, help="override the profile's iteration budget")
-    run.add_argument("--restarts", type=int, help="override the profile's number of restarts")
+    run.add_argument("--iterations", type=_POSITIVE, help="override the profile's iteration budget")
+    run.add_argument("--restarts", type=_POSITIVE, help="override the profile's number of restarts")
     run.add_argument("--attack", help="attack to run when the case id names none (a registered name or "
                                       "package.module:Name; default: the built-in gradmatch)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -56,8 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     challenge.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
     challenge.add_argument("--device", default="cpu")
     challenge.add_argument("--data", default="bundled")
-    challenge.add_argument("--iterations", type=int, default=100, help="iterations of each short attack")
-    challenge.add_argument("--seed", type=int, default=0)
+    challenge.add_argument("--iterations", type=_POSITIVE, default=100, help="iterations of each short attack")
+    challenge.add_argument("--seed", type=_SEED, default=0)
 
     signal = sub.add_parser("signal", help="how much a case's update depends on its image: 1 - cos against the "
                             "update of a gray image (an auditor diagnostic; no attack runs)")
@@ -65,12 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     signal.add_argument("--device", default="cpu")
     signal.add_argument("--data", default="bundled")
     signal.add_argument("--image", help="the private image the client's batch starts with")
-    signal.add_argument("--seed", type=int, default=0)
+    signal.add_argument("--seed", type=_SEED, default=0)
     signal.add_argument("--weights", type=Path, help="local weights file (the case runs at state ckpt)")
     bench = sub.add_parser("bench", help="measure attack cost ratios (see giacheck.bench)")
     bench.add_argument("--device", default="cpu")
-    bench.add_argument("--steps", type=int, default=10, help="iterations per timed run")
-    bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
+    bench.add_argument("--steps", type=_POSITIVE, default=10, help="iterations per timed run")
+    bench.add_argument("--repeats", type=_POSITIVE, default=3, help="interleaved rounds; medians are reported")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--kernels", nargs="*", metavar="MODEL",
                        help="attack iterations with stock PyTorch vs giacheck's kernels (depthwise convolution, "
@@ -81,13 +113,16 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
 
     audit = sub.add_parser("audit", help="attack a model over a grid of deployment settings; report; exit 1 if it "
-                                         "leaks (0 ok, 1 leaks, 2 bad input, 3 inconclusive)")
+                                         "leaks (0 ok, 1 leaks, 2 bad input, 3 inconclusive, 4 error; rerun to "
+                                         "resume an unfinished audit)")
     _pack_arguments(audit)
     audit.add_argument("--profile", default="smoke", choices=sorted(PROFILES), help="attack budget (default: smoke)")
     audit.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     audit.add_argument("--out", type=Path, required=True,
                        help="folder for results.json, PNGs, report.html and report.md: new, empty, or a previous "
                             "audit's (nothing else in it is overwritten)")
+    audit.add_argument("--fresh", action="store_true",
+                       help="discard an unfinished audit's journal in --out instead of resuming it")
     audit.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="progress bar (default: when standard error is a terminal; log lines otherwise)")
 
@@ -111,9 +146,9 @@ def _pack_arguments(parser: argparse.ArgumentParser) -> None:
                              "a plain torch.nn.Module (called with input_size/resolution and num_classes where its "
                              "signature names them; then --input-size and --num-classes are required)")
     parser.add_argument("--name", help="pack name (baselines folder, case ids; default: from the model)")
-    parser.add_argument("--input-size", type=int,
+    parser.add_argument("--input-size", type=_POSITIVE,
                         help="input resolution (default: the entry's; required for a plain nn.Module)")
-    parser.add_argument("--num-classes", type=int,
+    parser.add_argument("--num-classes", type=_POSITIVE,
                         help="number of classes (default: the entry's; required for a plain nn.Module)")
     parser.add_argument("--mean", metavar="R,G,B", help="per-channel mean the model's inputs are normalized with, "
                                                         "three comma-separated numbers (default: the entry's; "
@@ -138,7 +173,7 @@ def _pack_arguments(parser: argparse.ArgumentParser) -> None:
                              "and none above SSIM 0.1)")
     parser.add_argument("--control", help="positive control case id (default: the sigmoid LeNet at the input size)")
     parser.add_argument("--data", default="bundled", help="image source: bundled, imagefolder:PATH, cifar10:PATH")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_SEED, default=0)
     parser.add_argument("--attack", default=DEFAULT_ATTACK,
                         help="attack run on every configuration and on the control (a registered name or "
                              f"package.module:Name; default: {DEFAULT_ATTACK})")
@@ -201,7 +236,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from giacheck.audit import run_audit
 
     outcome = run_audit(_pack_from(args), profile=args.profile, device=args.device, out=args.out,
-                        progress=args.progress)
+                        progress=args.progress, fresh=args.fresh)
+    if outcome.resumed:
+        print(f"resumed: {len(outcome.resumed)} finished case(s) kept from {outcome.files['journal']}, "
+              "not recomputed")
     for record in outcome.cases:
         ev = record.evidence
         shown = (f"most leaking image {ev.worst_image} SSIM {ev.worst_ssim:.3f} rank {ev.shown_rank} "
@@ -215,8 +253,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_init_pack(args: argparse.Namespace) -> int:
+    from giacheck.outputs import check_writable
     from giacheck.scaffold import scaffold_pack
 
+    check_writable(args.folder, flag="folder", consequence="nothing was written")
     written = scaffold_pack(args.folder, _pack_from(args))
     for path in written.values():
         print(path)
@@ -228,7 +268,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from giacheck.artifacts import save_result
-    from giacheck.runner import run_case
+    from giacheck.runner import resolve_device, run_case
     from giacheck.specs import RunOptions, get_profile
 
     attack = get_profile(args.profile).attack
@@ -239,6 +279,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     case = Case.parse(args.case_id)
     if args.attack and case.attack == DEFAULT_ATTACK:
         case = case.with_(attack=args.attack)
+    if args.out is not None:
+        _check_run_out(args.out)
+    resolve_device(args.device)
     result = run_case(case, profile=args.profile, device=args.device, options=options)
     if args.out:
         paths = save_result(result, args.out)
@@ -261,10 +304,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_out(out: Path) -> None:
+    """``giacheck run --out``: a folder (new or existing) that can be written, checked before the attack."""
+    from giacheck.outputs import check_writable
+
+    if out.exists() and not out.is_dir():
+        raise GiacheckError(f"--out {out}: is a file, not a folder; nothing was run. Give a folder for "
+                            "<case-id>.png and <case-id>.json (new or existing).")
+    check_writable(out, consequence="nothing was run")
+
+
 def _cmd_signal(args: argparse.Namespace) -> int:
-    from giacheck.runner import image_signal
+    from giacheck.runner import image_signal, resolve_device
     from giacheck.specs import RunOptions
 
+    resolve_device(args.device)
+    for case_id in args.case_ids:
+        Case.parse(case_id)
     options = RunOptions(seed=args.seed, data=args.data, image=args.image,
                          weights=str(args.weights) if args.weights else None)
     for case_id in args.case_ids:
@@ -275,8 +331,10 @@ def _cmd_signal(args: argparse.Namespace) -> int:
 
 def _cmd_challenge(args: argparse.Namespace) -> int:
     from giacheck.challenge import rank_candidates
+    from giacheck.runner import resolve_device
 
     Case.parse(args.reference)
+    resolve_device(args.device)
     ranked = rank_candidates(args.reference, args.candidates, profile=args.profile, device=args.device,
                              data=args.data, iterations=args.iterations, seed=args.seed)
     print(f"candidates by final update distance on {args.reference} after {args.iterations} iterations "
@@ -306,7 +364,9 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from giacheck.bench import run_bench
+    from giacheck.runner import resolve_device
 
+    resolve_device(args.device)
     if args.kernels is not None:
         return _bench_kernels(args)
     result = run_bench(device=args.device, steps=args.steps, repeats=args.repeats)
@@ -353,20 +413,41 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``giacheck`` console script; a :class:`GiacheckError` exits 2 with its message."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``giacheck`` console script; returns the exit status (the module docstring's table).
+
+    A :class:`GiacheckError` is bad input (2) with its message; anything else that escapes a command —
+    an exception, or a ``SystemExit`` from code giacheck called — is an internal error (4), named, never 0 or 1.
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     commands = {"run": _cmd_run, "bench": _cmd_bench, "models": _cmd_models, "report": _cmd_report,
                 "audit": _cmd_audit, "init-pack": _cmd_init_pack, "challenge": _cmd_challenge,
                 "signal": _cmd_signal}
-    if os.getcwd() not in sys.path:  # console scripts do not put it there; `module:function` models live here
-        sys.path.insert(0, os.getcwd())
     try:
         return commands[args.command](args)
     except GiacheckError as exc:
         print(f"giacheck: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        kept = " (finished cases are kept in --out's results.jsonl; rerun the same command to resume)" \
+            if args.command == "audit" else ""
+        print(f"giacheck: interrupted{kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:
+        print(f"giacheck: internal error: code giacheck called during '{args.command}' exited with "
+              f"sys.exit({exc.code!r}); the command did not finish and concluded nothing", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as exc:  # the exit status must say "error", never "ok" or "leaks"
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        print(f"giacheck: internal error: '{args.command}' failed with {type(exc).__name__}: {exc}; it concluded "
+              "nothing (exit 4). Please report it with the traceback above.", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -232,6 +232,7 @@ class Plan:
 
     cases: tuple[Case, ...]
     not_applicable: tuple[tuple[str, str], ...]  # (case id, reason)
+    model_sha256: str = ""  # of the pack's model as built at its seed (and weights): its architecture and values
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -346,6 +347,7 @@ class Pack:
         except GiacheckError as exc:
             raise InvalidPackError(f"pack {self.name}: attacker={self.attacker!r}: {exc}") from None
         source = open_source(self.data, num_classes=entry.num_classes)
+        source.verify()  # an image that does not decode is named now, not when its batch loads mid-audit
         model = ModelSpec(name=self.name, resolution=self.input_size or entry.default_size)
         cases, skipped, problems = [], [], []
         for case in self.grid.cases(model, attack=self.attacker):
@@ -369,25 +371,51 @@ class Pack:
         if self.control_id in {case.id for case in cases}:
             problems.append(f"control {self.control_id} is also a configuration of the grid; the control must be "
                             "a separate case that reconstructs (choose another control, or drop it from the grid)")
-        if self.weights is not None:
-            problems.extend(self._weights_problems())
+        model_problems, model_sha256 = self._model_problems()
+        problems.extend(model_problems)
         if problems:
             raise InvalidPackError(f"pack {self.name}: {len(problems)} invalid configuration(s) or control:\n  "
                                    + "\n  ".join(problems))
         if not cases:
             raise InvalidPackError(f"pack {self.name}: the grid leaves no applicable configuration "
                                    f"({len(skipped)} not applicable)")
-        return Plan(cases=tuple(cases), not_applicable=tuple(skipped))
+        return Plan(cases=tuple(cases), not_applicable=tuple(skipped), model_sha256=model_sha256)
 
-    def _weights_problems(self) -> list[str]:
-        """The weights file must load into the pack's model (keys and shapes): checked before any compute."""
+    def _model_problems(self) -> tuple[list[str], str]:
+        """Build the pack's model (from its weights file, if any) and run one forward pass of a blank image, so a
+        builder that fails, weights that do not fit or a forward that raises is named before any compute.
+
+        Returns:
+            The problems found, and the sha256 of the built model (its architecture and every tensor).
+        """
+        import hashlib
+
+        import torch
+
         from giacheck.models import build
+        from giacheck.plugins import user_code_failure
 
         try:
-            build(self.register(), self.resolution, weights=self.weights)
+            model = build(self.register(), self.resolution, seed=self.seed, weights=self.weights)
         except GiacheckError as exc:
-            return [f"weights: {exc}"]
-        return []
+            return [f"{'weights' if self.weights is not None else 'model'}: {exc}"], ""
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the builder is the vendor's code: its failure is bad input
+            return [f"model {self.model!r}: building it at input size {self.resolution} {user_code_failure(exc)}"], ""
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, 3, self.resolution, self.resolution))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            return [f"model {self.model!r}: its forward pass on one blank {self.resolution}x{self.resolution} image "
+                    f"{user_code_failure(exc)}"], ""
+        digest = hashlib.sha256(repr(model).encode("utf-8"))
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode("utf-8"))
+            digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return [], digest.hexdigest()
 
     def case_ids(self) -> list[str]:
         """The ids of the configurations to run (for ``pytest.mark.parametrize``)."""

@@ -2,18 +2,24 @@
 
 A name is registered once (a duplicate raises, unlike timm's warning); an unknown name lists the valid ones and
 the closest matches; ``package.module:Name`` names an object of a user's package, imported on first use.
+
+User code is imported with the working directory at the *end* of ``sys.path`` (so a ``torch.py`` or ``numpy.py``
+there never shadows an installed package), and whatever it raises while importing — ``SystemExit`` included — is
+bad input naming the module, never an exit status of its own.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from giacheck.errors import GiacheckError, close_matches
 
-__all__ = ["Registry", "UnknownPluginError", "import_object"]
+__all__ = ["Registry", "UnknownPluginError", "import_object", "user_code_failure"]
 
 T = TypeVar("T")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -31,17 +37,30 @@ def import_object(spec: str, kind: str, *, error: type[Exception] = UnknownPlugi
     """The object ``package.module:Name`` names; a module that does not import (or fails while importing) or
     lacks the name raises ``error`` naming ``kind``, the module and the cause."""
     module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:  # after installed packages: a module here never shadows one of theirs
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise error(f"{kind} {spec!r}: cannot import module {module_name!r} ({exc}); give '{form}' for a module "
-                    "on sys.path") from exc
-    except Exception as exc:  # a module that fails while importing: name it, keep the cause
-        raise error(f"{kind} {spec!r}: importing module {module_name!r} raised {type(exc).__name__}: {exc}") from exc
+                    "on sys.path or in the working directory") from exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a module that fails (or exits) while importing: name it, keep the cause
+        raise error(f"{kind} {spec!r}: importing module {module_name!r} {user_code_failure(exc)}") from exc
     obj = getattr(module, attr, None)
     if obj is None:
         raise error(f"{kind} {spec!r}: module {module_name!r} has no {attr!r}")
     return obj
+
+
+def user_code_failure(exc: BaseException) -> str:
+    """How user code failed, in words: ``raised ValueError: …``, or ``called sys.exit(0)`` for a ``SystemExit``
+    (which is never taken for giacheck's own exit status)."""
+    if isinstance(exc, SystemExit):
+        return (f"called sys.exit({exc.code!r}) (SystemExit); nothing was run. Code giacheck imports or calls must "
+                "return or raise an exception, not exit")
+    return f"raised {type(exc).__name__}: {exc}"
 
 
 class Registry(Generic[T]):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from giacheck.client import ClientUpdate, bn_modules, simulate_update
 from giacheck.data import POOL_LIMIT, ImageBatch, ImageSource, disjoint_pool, heldout_pool, open_source
 from giacheck.defences import make_defences
 from giacheck.diagnostics import truth_objective
-from giacheck.errors import GiacheckError, InvalidCaseError
+from giacheck.errors import GiacheckError, InvalidCaseError, WeightsError
 from giacheck.ladder import controlled_init, denoised_ssim, ladder_init
 from giacheck.models import ModelEntry, build, get_entry
 from giacheck.modelstate import StateRecord, auxiliary_images, prepare_state
@@ -158,7 +159,11 @@ def _prepare(case: Case, profile: str, device: str, options: RunOptions) -> _Set
     entry = get_entry(case.model.name)
     task = get_task(entry.task)
     source = open_source(options.data, num_classes=entry.num_classes)
+    source.verify()  # every image decodes (remembered within a process): a bad file is named before compute
     check_case(case, entry=entry, source=source)
+    if options.weights is not None and not Path(options.weights).is_file():
+        raise WeightsError(f"weights {options.weights}: " + ("is a folder" if Path(options.weights).is_dir() else
+                           "no such file") + "; give a local safetensors file or a torch.save state dict")
     attack = make_attack(case.attack, spec if task.batchable_trials else replace(spec, batched_restarts=False))
     torch_device = resolve_device(device)
     batch = task.client_batch(source, batch_size=case.client.batch_size, size=case.model.resolution,
@@ -354,11 +359,27 @@ def _multiset_accuracy(inferred: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def resolve_device(device: str) -> torch.device:
-    """The torch device named by ``device``; an unknown name, or CUDA where there is none, raises."""
+    """The torch device named by ``device``: ``cpu``, or ``cuda``/``cuda:N`` for a GPU this machine has.
+
+    Raises:
+        GiacheckError: an unknown name, a device type giacheck does not run on (``meta``, ``mps``…), CUDA where
+            there is none, or a GPU index this machine does not have.
+    """
+    valid = "valid: 'cpu', 'cuda', 'cuda:N' with N a GPU index of this machine"
     try:
         dev = torch.device(device)
-    except RuntimeError as exc:
-        raise GiacheckError(f"unknown device {device!r} ({exc}); valid: 'cpu', 'cuda', 'cuda:N'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GiacheckError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    except (RuntimeError, TypeError, ValueError):
+        raise GiacheckError(f"unknown device {device!r}; {valid}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise GiacheckError(f"device {device!r}: giacheck runs attacks on the CPU or on CUDA GPUs, not on "
+                            f"{dev.type!r}; {valid}")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise GiacheckError(f"device {device!r}: there is one CPU device; {valid}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GiacheckError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise GiacheckError(f"device {device!r}: this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1}); "
+                                f"{valid}")
     return dev

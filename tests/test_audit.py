@@ -24,7 +24,7 @@ from giacheck.audit import EXIT_INCONCLUSIVE, EXIT_LEAKS, EXIT_OK, NOT_CHECKED, 
 from giacheck.cli import main
 from giacheck.errors import GiacheckError
 from giacheck.models import registry
-from giacheck.outputs import MANIFEST
+from giacheck.outputs import LOCK, MANIFEST
 from giacheck.pack import Grid, Pack, Rule
 from giacheck.records import BaselineStatus, CaseRecord
 from giacheck.specs import AttackSpec
@@ -185,11 +185,13 @@ def test_audit_end_to_end_then_rerun_that_leaks(tmp_path: Path, capsys: pytest.C
     assert captured.err.endswith("\n")
 
     # results.json in the suites' format (control first), the journal holds the same, PNGs beside them
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "report.html", "report.md", "results.json",
-                                                            "results.jsonl", "smoke"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, LOCK, "audit-state.json", "report.html",
+                                                            "report.md", "results.json", "results.jsonl", "smoke"])
     assert json.loads((out / MANIFEST).read_text()) == {"written": {
-        "report.html": "report", "report.md": "report", "results.json": "audit", "results.jsonl": "audit",
-        "smoke": "audit"}}, "one manifest lists what the audit and its report wrote"
+        "audit-state.json": "audit", "report.html": "report", "report.md": "report", "results.json": "audit",
+        "results.jsonl": "audit", "smoke": "audit"}}, "one manifest lists what the audit and its report wrote"
+    assert json.loads((out / "audit-state.json").read_text())["finished"] is True
+    assert (out / LOCK).read_text() == "", "the lock is released (and its pid cleared) at the end"
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"profile", "cases"} and results["profile"] == "smoke"
     cases = results["cases"]

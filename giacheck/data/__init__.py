@@ -3,7 +3,10 @@
 Nothing here touches the network. Bundled images are files that ship inside installed wheels (scikit-image's
 ``skimage/data`` folder and ultralytics' ``assets`` folder); they are located with ``importlib.util.find_spec``
 so that neither package is imported (importing ultralytics would change thread settings and write a config
-file). User datasets are read from a local path.
+file). User datasets are read from a local path. ``ImageSource.verify()`` decodes every image of a source (or the
+named ones) and refuses, in one DatasetError, every file that cannot be used: undecodable, truncated, a decompression
+bomb, or a mode with no agreed conversion to RGB (16-bit gray is scaled by its white level, float gray must lie in
+[0, 1]).
 
 Only the client side (``client.py``, ``runner.py``) may use this module: the attack never sees ground truth.
 """

@@ -16,8 +16,6 @@ from giacheck.errors import DatasetError
 
 log = logging.getLogger("giacheck.data")
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
 #: CIFAR-10 class names by label id.
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -55,7 +53,9 @@ class _CifarUnpickler(pickle.Unpickler):
         return getattr(importlib.import_module(module), name)
 
 
-# Errors that unpickling a corrupt or foreign file raises (besides those of the restricted find_class).
+# Errors that unpickling a corrupt, truncated or foreign file raises (besides those of the restricted find_class):
+# MemoryError for a length field far beyond the file, LookupError for an unknown codec name, RecursionError for
+# deep nesting.
 _PICKLE_ERRORS = (
     pickle.UnpicklingError,
     EOFError,
@@ -65,7 +65,12 @@ _PICKLE_ERRORS = (
     IndexError,
     KeyError,
     OverflowError,
+    LookupError,
+    MemoryError,
+    RecursionError,
 )
+_VALID_BATCH = (f"valid: a pickled dict with b'data' (uint8, shape (N, {_CIFAR_ROW}), N >= 1, rows R G B planes of "
+                "32x32) and b'labels' (N ints in 0..9), as in cifar-10-python.tar.gz")
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -75,35 +80,46 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     read with a restricted unpickler that only allows numpy array reconstruction.
     """
     try:
-        with path.open("rb") as f:
+        f = path.open("rb")
+    except OSError as exc:
+        raise DatasetError(f"cannot open CIFAR-10 batch {str(path)!r} ({type(exc).__name__}: {exc}); "
+                           "make it a readable file") from exc
+    try:
+        with f:
             obj = _CifarUnpickler(f, encoding="bytes").load()
     except _PICKLE_ERRORS as exc:
+        detail = str(exc) or ("a length field larger than memory" if isinstance(exc, MemoryError) else "no detail")
         raise DatasetError(
-            f"CIFAR-10 batch {str(path)!r} is not a valid pickled batch ({type(exc).__name__}: {exc}); "
-            "re-extract cifar-10-python.tar.gz"
+            f"CIFAR-10 batch {str(path)!r} is not a valid pickled batch (truncated, corrupt or foreign: "
+            f"{type(exc).__name__}: {detail}); {_VALID_BATCH}; re-extract cifar-10-python.tar.gz"
         ) from exc
     if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
         keys = sorted(map(repr, obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise DatasetError(f"CIFAR-10 batch {str(path)!r} must be a dict with keys b'data' and b'labels', got {keys}")
+        raise DatasetError(f"CIFAR-10 batch {str(path)!r} must be a dict with keys b'data' and b'labels', got {keys}; "
+                           f"{_VALID_BATCH}")
     data, labels = obj[b"data"], obj[b"labels"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_ROW:
         shape = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DatasetError(
-            f"CIFAR-10 batch {str(path)!r}: b'data' must be uint8 of shape (N, {_CIFAR_ROW}), got {shape}"
+            f"CIFAR-10 batch {str(path)!r}: b'data' must be uint8 of shape (N, {_CIFAR_ROW}), got {shape}; "
+            f"{_VALID_BATCH}"
         )
+    if data.shape[0] == 0:
+        raise DatasetError(f"CIFAR-10 batch {str(path)!r} holds no images (b'data' has 0 rows); {_VALID_BATCH}")
     try:
         lab = np.asarray(labels)
     except (TypeError, ValueError) as exc:  # ragged or odd objects
-        raise DatasetError(f"CIFAR-10 batch {str(path)!r}: b'labels' is not a list of ints ({exc})") from exc
+        raise DatasetError(f"CIFAR-10 batch {str(path)!r}: b'labels' is not a list of ints ({exc}); "
+                           f"{_VALID_BATCH}") from exc
     if lab.shape != (data.shape[0],) or not np.issubdtype(lab.dtype, np.integer):
         raise DatasetError(
             f"CIFAR-10 batch {str(path)!r}: b'labels' must hold {data.shape[0]} ints (one per row of b'data'), "
-            f"got {lab.dtype} {lab.shape}"
+            f"got {lab.dtype} {lab.shape}; {_VALID_BATCH}"
         )
     if lab.size and (lab.min() < 0 or lab.max() >= len(CIFAR10_CLASSES)):
         raise DatasetError(
             f"CIFAR-10 batch {str(path)!r}: labels must lie in 0..{len(CIFAR10_CLASSES) - 1}, "
-            f"got {int(lab.min())}..{int(lab.max())}"
+            f"got {int(lab.min())}..{int(lab.max())}; {_VALID_BATCH}"
         )
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # rows are R(1024) G(1024) B(1024), row-major
     return np.ascontiguousarray(images), lab.astype(np.int64)
@@ -192,6 +208,10 @@ class Cifar10Images(ImageSource):
         i = self._check_index(i)
         assert self._images is not None
         return self._images[i].copy()
+
+    def _problem(self, i: int) -> str | None:
+        """None: every batch file was checked whole when it was read (``verify`` reads them)."""
+        return None
 
     def __repr__(self) -> str:
         """Readable form."""

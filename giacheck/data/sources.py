@@ -11,8 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from giacheck.data.images import BUNDLED_NAMES, IMAGE_EXTENSIONS, _read_image, load_bundled, to_tensor_resized
-from giacheck.errors import DatasetError
+from giacheck.data.images import (
+    BUNDLED_NAMES,
+    IMAGE_EXTENSIONS,
+    _image_problem,
+    _pixel_problem,
+    _problems_message,
+    _read_image,
+    load_bundled,
+    to_tensor_resized,
+)
+from giacheck.errors import DatasetError, close_matches
 
 log = logging.getLogger("giacheck.data")
 
@@ -80,7 +89,47 @@ class ImageSource(abc.ABC):
 
     @abc.abstractmethod
     def load(self, i: int) -> np.ndarray:
-        """Pixels of image ``i`` as (H, W, 3) uint8."""
+        """Pixels of image ``i`` as (H, W, 3) uint8, or float32 in [0, 1] for an image of more than 8 bits."""
+
+    def verify(self, names: Sequence[str] | None = None) -> None:
+        """Decode every image (or the images named in ``names``) now, so that one that cannot be used is refused
+        before any compute rather than when its batch loads.
+
+        Args:
+            names: image names (``image_name``) to check; None checks every image of the source.
+
+        Raises:
+            DatasetError: listing every image that cannot be used with why (the first 20 named, the rest counted),
+                or naming an entry of ``names`` that is not an image of the source.
+        """
+        indices = self._indices_of(names)
+        problems = [(self.image_name(i), reason) for i in indices if (reason := self._problem(i)) is not None]
+        if problems:
+            raise DatasetError(_problems_message(self.items, len(indices), problems))
+        log.debug("verified %d %s", len(indices), self.items)
+
+    def _problem(self, i: int) -> str | None:
+        """Why image ``i`` cannot be used, or None (decodes it)."""
+        try:
+            return _pixel_problem(self.load(i))
+        except DatasetError as exc:
+            return str(exc)
+
+    def _indices_of(self, names: Sequence[str] | None) -> list[int]:
+        """Indices of the images named in ``names`` (all images for None), in source order."""
+        n = len(self)
+        if names is None:
+            return list(range(n))
+        if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+            raise DatasetError(f"names must be a sequence of image names (str), got {names!r}; pass e.g. "
+                               "ImageBatch.names, or None for every image")
+        index_of = {self.image_name(i): i for i in range(n)}
+        unknown = [name for name in names if name not in index_of]
+        if unknown:
+            shown = ", ".join(list(index_of)[:12]) + (", ..." if n > 12 else "")
+            raise DatasetError(f"names {unknown} are not images of {self.name}; valid names: {shown}."
+                               + close_matches(unknown[0], index_of))
+        return sorted({index_of[name] for name in names})
 
     def _check_index(self, i: int) -> int:
         """Return ``i`` if it is a valid index, else raise DatasetError."""
@@ -153,7 +202,8 @@ class BundledImages(ImageSource):
 class ImageFolderImages(ImageSource):
     """A torchvision-style ImageFolder tree ``root/<class>/**/<image>``; sorted class folder names map to ids 0..K-1.
 
-    Images are listed at construction (sorted, recursively, by suffix in ``IMAGE_EXTENSIONS``) and decoded on demand.
+    Images are listed at construction (sorted, recursively, by suffix in ``IMAGE_EXTENSIONS``) and decoded on demand;
+    :meth:`verify` decodes them all up front, so that a file that cannot be used is refused before any compute.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -226,8 +276,13 @@ class ImageFolderImages(ImageSource):
         return self._files[self._check_index(i)].relative_to(self.root).as_posix()
 
     def load(self, i: int) -> np.ndarray:
-        """Decode the image file (grayscale and palette images are converted to RGB)."""
+        """Decode the image file: 8-bit modes (gray, palette, CMYK, with alpha composited on white) become RGB uint8,
+        16-bit and float gray become RGB float32 in [0, 1]; any other file is refused (``images.VALID_IMAGES``)."""
         return _read_image(self._files[self._check_index(i)])
+
+    def _problem(self, i: int) -> str | None:
+        """Why the image file cannot be used, or None (a file unchanged since it last decoded is not decoded again)."""
+        return _image_problem(self._files[i])
 
     def __repr__(self) -> str:
         """Readable form."""

@@ -33,6 +33,7 @@ from torch import nn
 
 from giacheck.errors import GiacheckError, InvalidCaseError, UnknownModelError
 from giacheck.models.entry import ModelEntry, ModuleFacts, check_claims
+from giacheck.plugins import user_code_failure
 
 __all__ = ["FactoryCall", "ModuleFactory", "call_factory", "entry_from_factory", "with_overrides"]
 
@@ -57,8 +58,10 @@ def call_factory(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) 
         given = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
         raise UnknownModelError(f"calling model factory {label!r}({given}) raised TypeError: {exc}; "
                                 f"{_CONVENTION}") from exc
-    except Exception as exc:
-        raise UnknownModelError(f"model factory {label!r} raised {type(exc).__name__}: {exc}") from exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit included: a factory's exit is bad input, never an exit status
+        raise UnknownModelError(f"model factory {label!r} {user_code_failure(exc)}") from exc
 
 
 def with_overrides(entry: ModelEntry, label: str, overrides: Mapping[str, Any]) -> ModelEntry:
@@ -143,16 +146,29 @@ def entry_from_factory(label: str, fn: Callable[..., Any], overrides: Mapping[st
         return _module_entry(call, facts, overrides)
     made = _isolated(lambda: call(size, classes))
     if isinstance(made, nn.Module):
-        return _module_entry(call, _remember(fn, ("module", size, classes), ModuleFacts.of(made)), overrides)
+        facts = ModuleFacts.of(_module_of(label, made))
+        return _module_entry(call, _remember(fn, ("module", size, classes), facts), overrides)
     if not isinstance(made, ModelEntry):
         raise UnknownModelError(f"{label!r} returned {type(made).__name__}, expected a giacheck.models.ModelEntry "
                                 "or a torch.nn.Module")
     entry = with_overrides(made, label, overrides)
     key = ("entry", entry.default_size, entry.num_classes)
-    facts = _cached(fn, key) or _remember(fn, key, ModuleFacts.of(_isolated(
-        lambda: call_factory(label, entry.factory, entry.default_size, entry.num_classes))))
+    facts = _cached(fn, key) or _remember(fn, key, ModuleFacts.of(_module_of(label, _isolated(
+        lambda: call_factory(label, entry.factory, entry.default_size, entry.num_classes)), entry)))
     check_claims(entry, facts, label=label)
     return entry
+
+
+def _module_of(label: str, net: Any, entry: ModelEntry | None = None) -> nn.Module:
+    """``net`` when it is a module with parameters (what an attack needs), else an :class:`UnknownModelError`."""
+    where = (f"model factory {label!r}" if entry is None else
+             f"the factory of entry {entry.name!r} from {label!r} at input size {entry.default_size}")
+    if not isinstance(net, nn.Module):
+        raise UnknownModelError(f"{where} returned {type(net).__name__}, expected a torch.nn.Module")
+    if not any(True for _ in net.parameters()):
+        raise UnknownModelError(f"{where} returned {type(net).__name__} with no parameters: a client update of a "
+                                "model without parameters is empty, so there is nothing to attack")
+    return net
 
 
 def _module_entry(call: FactoryCall, facts: ModuleFacts, overrides: Mapping[str, Any]) -> ModelEntry:

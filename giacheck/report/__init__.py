@@ -13,7 +13,10 @@ writes
 - ``ladder-<architecture>.png``: the ladder plots (matplotlib, Agg canvas; no global backend switch).
 
 It writes only into a new or empty folder, or one holding nothing but what giacheck wrote there (listed in
-its :data:`giacheck.outputs.MANIFEST`); a folder with anything else in it is refused and left untouched.
+its :data:`giacheck.outputs.MANIFEST`); a folder with anything else in it, or one it cannot write into, is refused
+and left untouched. A result file is read only when it is one (a regular, non-empty file of bounded size), its case
+ids are read by the case grammar before they name any file, and a PNG is embedded only from inside the folder of
+its result file.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ log = logging.getLogger("giacheck.report")
 
 WRITER = "report"  # how the output manifest names what this module wrote
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_BYTES = 64 * 2**20  # a case's grid is a few hundred kB; a larger file is shown as missing, not embedded
 
 
 def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str], *,
@@ -51,13 +55,19 @@ def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str], *,
         ``{"html": …, "md": …, "ladder:<architecture>": …}`` (paths of the files written).
 
     Raises:
-        GiacheckError: no rows, ``out_dir`` is a file, or it holds files giacheck did not write (named;
-            nothing is written then).
+        GiacheckError: no rows, ``out_dir`` is a file, cannot be created or written, or holds files giacheck did
+            not write (named; nothing is written then); a write that fails midway (named).
     """
     if not rows:
         raise GiacheckError("no cases to report")
     out = Path(out_dir)
-    owned = check_output_folder(out, command="giacheck report", keep=keep)
+    if out.exists() and not out.is_dir():
+        raise GiacheckError(f"--out {out}: is a file, not a folder; nothing was written. Choose a folder for the "
+                            "report: new, empty, or a previous report")
+    try:  # also refuses a folder that cannot be written (under a file, read-only, /proc): nothing is written
+        owned = check_output_folder(out, command="giacheck report", keep=keep)
+    except OSError as exc:
+        raise GiacheckError(f"--out {out}: cannot be read ({exc.strerror or exc}); nothing was written") from None
     previous = {name for name, writer in owned.items() if writer == WRITER}
     images = {row.key: _png_bytes(row) for row in rows}
     ladders = find_ladders(rows)
@@ -69,10 +79,14 @@ def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str], *,
     for ladder in ladders:
         if ladder.png is not None:
             files[f"ladder:{ladder.architecture}"] = (ladder.filename, ladder.png)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {key: write_bytes_atomic(data, out / name) for key, (name, data) in files.items()}
-    names = {path.name for path in written.values()}
-    claim_outputs(out, WRITER, names, replace=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written = {key: write_bytes_atomic(data, out / name) for key, (name, data) in files.items()}
+        names = {path.name for path in written.values()}
+        claim_outputs(out, WRITER, names, replace=True)
+    except OSError as exc:  # the folder was writable when checked; a full disk, or it changed since
+        raise GiacheckError(f"--out {out}: writing the report failed ({exc}); files written before the failure "
+                            "are complete, none is half-written") from None
     for stale in sorted(previous - names):  # plots of architectures no longer in the results
         path = out / stale
         if path.is_file() and not path.is_symlink():
@@ -86,6 +100,11 @@ def _png_bytes(row: CaseRow) -> bytes | None:
     if row.image is None:
         return None
     try:
+        size = row.image.stat().st_size
+        if size > MAX_PNG_BYTES:
+            log.warning("%s: %s is %d MiB, larger than a case's image (at most %d MiB); shown without image",
+                        row.case_id, row.image, size // 2**20, MAX_PNG_BYTES // 2**20)
+            return None
         data = row.image.read_bytes()
     except OSError as exc:
         log.warning("%s: cannot read %s (%s)", row.case_id, row.image, exc)

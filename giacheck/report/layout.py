@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from giacheck.report.rows import CaseRow
+from giacheck.report.rows import CaseRow, shown_score
 
 __all__ = ["Ladder", "caption", "ladders", "num", "suite_title", "suites"]
 
@@ -75,7 +75,8 @@ def _ladder_png(architecture: str, rows: Sequence[CaseRow]) -> bytes | None:
 
 
 def num(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+    """A score in a table: ``—`` when absent, ``n/a (non-finite)`` for NaN or infinity."""
+    return shown_score(value, digits)
 
 
 def suites(rows: Sequence[CaseRow]) -> dict[tuple[str, str], list[CaseRow]]:
@@ -91,5 +92,5 @@ def suite_title(profile: str, suite: str, profiles: set[str]) -> str:
 
 
 def caption(row: CaseRow) -> str:
-    start = f" (start {row.init_ssim:.2f})" if row.init_ssim is not None else ""
-    return f"SSIM {row.ssim_mean:.2f}{start}"
+    start = f" (start {shown_score(row.init_ssim, 2)})" if row.init_ssim is not None else ""
+    return f"SSIM {shown_score(row.ssim_mean, 2)}{start}"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from giacheck.report.layout import Ladder, caption, num, suite_title, suites
 from giacheck.report.rows import EVIDENCE_COLUMNS, EVIDENCE_NOTE, CaseRow
@@ -12,15 +14,35 @@ from giacheck.report.rows import EVIDENCE_COLUMNS, EVIDENCE_NOTE, CaseRow
 __all__ = ["render_markdown"]
 
 
+# Markdown punctuation that could start markup (code, emphasis, links, images, strikethrough, a table column);
+# ``_`` only where it could open or close emphasis (not inside a word: ``test_table1`` stays as it is)
+_MARKUP = re.compile(r"[\\`*\[\]|~#]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """``text`` as plain text of a Markdown table cell or heading: one line, markup and raw HTML escaped."""
+    flat = re.sub(r"[&<>]", lambda m: _HTML[m[0]], " ".join(text.split()))
+    return _MARKUP.sub(lambda m: "\\" + m[0], flat)
+
+
+def _code(text: str) -> str:
+    """``text`` as an inline code span of one line: fenced by more backticks than it holds, pipes escaped (a table
+    splits cells before it reads code spans)."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", flat)), default=0) + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def _relative(path: Path, start: Path) -> str:
+    """The link to ``path`` from the folder ``start``, percent-encoded (spaces, ``<``, ``>`` and ``:`` cannot break
+    out of the link or read as a scheme)."""
     try:
-        return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+        relative = Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
     except ValueError:  # another drive (Windows)
-        return path.resolve().as_posix()
+        relative = path.resolve().as_posix()
+    return quote(relative, safe="/")
 
 
 def render_markdown(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], bytes | None],
@@ -29,7 +51,7 @@ def render_markdown(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], 
     profiles = {row.profile for row in rows}
     lines = [
         "# giacheck report: gradient-inversion leakage", "",
-        f"{len(rows)} cases · profile {', '.join(sorted(profiles))} · generated {generated}. "
+        f"{len(rows)} cases · profile {_cell(', '.join(sorted(profiles)))} · generated {generated}. "
         "Images are embedded in `report.html`.", "", *[f"**{_cell(line)}**  " for line in summary],
         *([""] if summary else []),
         "## Verdicts", "",
@@ -37,17 +59,17 @@ def render_markdown(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], 
         "|---|---|---|" + "---|" * len(EVIDENCE_COLUMNS) + "---|---|",
     ]
     lines.extend(
-        f"| {_cell(suite_title(r.profile, r.suite, profiles))} | `{_cell(r.case_id)}`"
+        f"| {_cell(suite_title(r.profile, r.suite, profiles))} | {_code(r.case_id)}"
         f" | {_cell(r.claim or '—')} | " + " | ".join(_cell(c) for c in r.evidence_cells())
         + f" | {_cell(r.shown_baseline)} | {_cell(r.shown_verdict)} |" for r in rows)
     lines += ["", EVIDENCE_NOTE, ""]
     lines += _ladder_lines(ladders)
     lines += ["## Images (originals above reconstructions)", ""]
     for (profile, suite), members in suites(rows).items():
-        lines += [f"### {suite_title(profile, suite, profiles)}", ""]
+        lines += [f"### {_cell(suite_title(profile, suite, profiles))}", ""]
         for r in members:
             where = f"[PNG](<{_relative(r.image, out)}>)" if images[r.key] is not None and r.image else "no image"
-            lines.append(f"- `{_cell(r.case_id)}`: {caption(r)}, {where}")
+            lines.append(f"- {_code(r.case_id)}: {_cell(caption(r))}, {where}")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -57,11 +79,11 @@ def _ladder_lines(ladders: Sequence[Ladder]) -> list[str]:
         return []
     lines = ["## Figure 4 ladder: SSIM against the noise of a controlled start", ""]
     for ladder in ladders:
-        lines += [f"### {ladder.architecture}", ""]
+        lines += [f"### {_cell(ladder.architecture)}", ""]
         if ladder.png is not None:
-            lines += [f"![SSIM vs noise, {ladder.architecture}]({ladder.filename})", ""]
+            lines += [f"![SSIM vs noise, {_cell(ladder.architecture)}]({ladder.filename})", ""]
         lines += ["| case id | p | start SSIM | SSIM |", "|---|---:|---:|---:|"]
-        lines += [f"| `{_cell(r.case_id)}` | {r.init_p:g} | {num(r.init_ssim)} | {num(r.ssim_mean)} |"
+        lines += [f"| {_code(r.case_id)} | {r.init_p:g} | {num(r.init_ssim)} | {num(r.ssim_mean)} |"
                   for r in ladder.rows]
         lines.append("")
     return lines

@@ -1,10 +1,13 @@
 """Reading result files into report rows: suite ``results.json``/``results.jsonl`` (case records), single
-``giacheck run --out`` result JSONs, and folders holding them; later files win for the same case."""
+``giacheck run --out`` result JSONs, and folders holding them; later files win for the same case. A case id is
+read by the case grammar before it names a file, and a PNG is taken only from inside its result file's folder."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -14,23 +17,51 @@ from typing import Any
 from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.jsonio import read_json
 from giacheck.records import RESULTS_JSON, RESULTS_JSONL, CaseRecord, is_records_document, read_records, records_from
-from giacheck.specs import Case
+from giacheck.specs import ID_FORM, Case
 
-__all__ = ["CaseRow", "load_results"]
+__all__ = ["MAX_RESULT_BYTES", "NON_FINITE", "CaseRow", "check_case_id", "load_results", "shown_score"]
 
 log = logging.getLogger("giacheck.report")
 
 _ACCEPTED = ("a suite results.json ({'profile', 'cases': [...]}), a results.jsonl journal, "
              "a `giacheck run --out` <case-id>.json, or a folder holding them")
+MAX_RESULT_BYTES = 256 * 2**20  # a results.json of thousands of cases is a few MB; more is not a result file
+NON_FINITE = "n/a (non-finite)"  # how a NaN or infinite score is shown
+_ID_CHARACTERS = re.compile(r"[A-Za-z0-9_.:+-]+")  # every character the case grammar spells (no space, no slash)
 
 
 @lru_cache(maxsize=4096)
 def _case(case_id: str) -> Case | None:
-    """The parsed case id, or None for an id the grammar does not read (shown, never in a ladder)."""
+    """The parsed case id, or None for an id the grammar does not read (a row built by hand: shown, never in a
+    ladder; :func:`load_results` refuses such ids)."""
     try:
         return Case.parse(case_id)
     except InvalidCaseError:
         return None
+
+
+def check_case_id(case_id: str, where: Path) -> None:
+    """Refuse a case id read from a result file unless the case grammar reads it, before it names any file.
+
+    Raises:
+        GiacheckError: naming the file, the id and the valid form.
+    """
+    if not _ID_CHARACTERS.fullmatch(case_id):
+        raise GiacheckError(f"{where}: case id {case_id!r} holds characters no case id has (valid: letters, digits "
+                            f"and _ . : + -, in the form {ID_FORM}); the file was not written by giacheck or was "
+                            "altered, so no report was written")
+    try:
+        Case.parse(case_id)
+    except InvalidCaseError as exc:
+        raise GiacheckError(f"{where}: {exc}; the file was not written by giacheck or was altered, so no report was "
+                            "written") from None
+
+
+def shown_score(value: float | None, digits: int = 3) -> str:
+    """A score as tables show it: ``—`` when absent, :data:`NON_FINITE` for NaN or infinity."""
+    if value is None:
+        return "—"
+    return f"{value:.{digits}f}" if math.isfinite(value) else NON_FINITE
 
 
 # The evidence columns of the verdict tables (CaseRow.evidence_cells), in order
@@ -98,9 +129,20 @@ class CaseRow:
         ev = self.record.evidence
         if ev is None:
             return ("—",) * len(EVIDENCE_COLUMNS)
-        return (str(ev.trials), f"{ev.worst_image} {ev.worst_ssim:.3f}", ev.shown_rank, f"{ev.z:+.1f}",
-                f"{ev.chance_q95:.3f}", f"{ev.reidentified}/{ev.tested}", ev.content,
+        z = f"{ev.z:+.1f}" if not math.isnan(ev.z) else NON_FINITE  # +inf: a pool without spread
+        return (str(ev.trials), f"{ev.worst_image} {shown_score(ev.worst_ssim)}", ev.shown_rank, z,
+                shown_score(ev.chance_q95), f"{ev.reidentified}/{ev.tested}", ev.content,
                 ev.limitation if ev.content != "semantic" else "—", ev.shown_objective)
+
+    @property
+    def non_finite(self) -> tuple[str, ...]:
+        """The SSIM scores of this case that are NaN or infinite (a broken computation or an altered file)."""
+        scores, ev = self.record.scores, self.record.evidence
+        values = {"ssim_mean": scores.ssim_mean, "ssim_max": scores.ssim_max,
+                  **{f"ssim[{i}]": v for i, v in enumerate(scores.ssim)}}
+        if ev is not None:
+            values |= {"worst_ssim": ev.worst_ssim, "chance_q95": ev.chance_q95}
+        return tuple(name for name, value in values.items() if not math.isfinite(value))
 
     @property
     def init_p(self) -> float | None:
@@ -124,7 +166,10 @@ class CaseRow:
 
     @property
     def shown_verdict(self) -> str:
-        """The verdict as the suite summary prints it (a baseline failure turns a passing claim into fail(base))."""
+        """The verdict as the suite summary prints it (a baseline failure turns a passing claim into fail(base)); a
+        case whose SSIM is not finite is inconclusive whatever was recorded: NaN is no evidence of no leak."""
+        if self.non_finite:
+            return "inconclusive (non-finite SSIM)" if self.record.claim is not None else "no claim (non-finite SSIM)"
         return self.record.shown_verdict
 
     @property
@@ -136,8 +181,9 @@ def load_results(paths: Iterable[str | os.PathLike[str]]) -> list[CaseRow]:
     """Read result files and folders and merge their cases; later files win for the same (profile, suite, case).
 
     Raises:
-        GiacheckError: a path that does not exist, a file that is not valid JSON or not a result (named),
-            a record of another schema version, or no case at all.
+        GiacheckError: a path that does not exist, a file that is empty, not a regular file, larger than
+            :data:`MAX_RESULT_BYTES`, not valid JSON or not a result (named), a record of another schema version,
+            a case id the case grammar does not read, a PNG that resolves outside its results folder, or no case.
     """
     merged: dict[tuple[str, str, str], CaseRow] = {}
     given = [Path(p) for p in paths]
@@ -152,7 +198,8 @@ def load_results(paths: Iterable[str | os.PathLike[str]]) -> list[CaseRow]:
                 merged.pop(row.key, None)  # re-insert: the merged order follows the latest writer
                 merged[row.key] = row
     if not merged:
-        raise GiacheckError(f"no cases in {', '.join(map(str, given)) or '(no paths given)'}")
+        raise GiacheckError(f"no cases in {', '.join(map(str, given)) or '(no paths given)'}; expected at least one "
+                            f"case: {_ACCEPTED}")
     for row in merged.values():
         if row.image is None:
             log.warning("%s (%s): no PNG found next to %s", row.case_id, row.suite or "run", row.source)
@@ -173,10 +220,29 @@ def _result_files(folder: Path) -> Iterator[Path]:
         yield from (here / name for name in sorted(files) if name.endswith(".json") and not name.startswith("."))
 
 
+def _check_result_file(path: Path) -> None:
+    """Refuse what cannot be a result file before reading it: a folder, a device or pipe, an empty or huge file."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise GiacheckError(f"{path}: cannot read ({exc.strerror or exc}); expected {_ACCEPTED}") from None
+    if not path.is_file():
+        raise GiacheckError(f"{path}: not a regular file (a device, a pipe or a socket); expected {_ACCEPTED}")
+    if size == 0:
+        raise GiacheckError(f"{path}: the file is empty; expected {_ACCEPTED}")
+    if size > MAX_RESULT_BYTES:
+        raise GiacheckError(f"{path}: {size:,} bytes, larger than any result file (at most {MAX_RESULT_BYTES:,} "
+                            f"bytes); expected {_ACCEPTED}")
+
+
 def _read_file(path: Path, *, explicit: bool) -> list[CaseRow]:
+    _check_result_file(path)
     if path.suffix == ".jsonl":
         return [_record_row(record, path) for record in read_records(path)]
-    data = read_json(path)
+    try:
+        data = read_json(path)
+    except GiacheckError as exc:
+        raise GiacheckError(f"{exc}; expected {_ACCEPTED}") from None
     if is_records_document(data):
         return [_record_row(record, path) for record in records_from(data, str(path))]
     if isinstance(data, dict) and "case_id" in data and "ssim" in data:
@@ -189,9 +255,10 @@ def _read_file(path: Path, *, explicit: bool) -> list[CaseRow]:
 
 def _record_row(record: CaseRecord, source: Path) -> CaseRow:
     """A suite's case; its PNG lies at ``<artifacts>/<profile>/<suite>/<case-id>.png``."""
-    base = source.parent
-    image = _first_file(base / record.profile / record.suite / f"{record.case_id}.png", base / f"{record.case_id}.png")
-    return CaseRow(record=record, source=source, image=image)
+    check_case_id(record.case_id, source)
+    base, name = source.parent, f"{record.case_id}.png"
+    nested = [base / record.profile / record.suite / name] if _plain(record.profile) and _plain(record.suite) else []
+    return CaseRow(record=record, source=source, image=_png_inside(base, *nested, base / name))
 
 
 def _single_row(result: dict[str, Any], path: Path) -> CaseRow:
@@ -205,7 +272,8 @@ def _single_row(result: dict[str, Any], path: Path) -> CaseRow:
     total = timings.get("total_s") if isinstance(timings, dict) else None
     wall = float(total) if isinstance(total, int | float) and not isinstance(total, bool) else None
     record = _from_result(result, path, suite=suite, profile=profile, wall_s=wall)
-    image = _first_file(path.with_name(f"{record.case_id}.png"), path.with_suffix(".png"))
+    check_case_id(record.case_id, path)
+    image = _png_inside(path.parent, path.with_name(f"{record.case_id}.png"), path.with_suffix(".png"))
     return CaseRow(record=record, source=path, image=image)
 
 
@@ -216,5 +284,27 @@ def _from_result(result: dict[str, Any], path: Path, **fields: Any) -> CaseRecor
         raise GiacheckError(f"{path}: {exc}") from None
 
 
-def _first_file(*candidates: Path) -> Path | None:
-    return next((c for c in candidates if c.is_file()), None)
+def _plain(name: str) -> bool:
+    """Whether ``name`` (a profile or suite read from a file) names one entry of a folder: no separator, not
+    ``..``; another name is shown, never used to build a path."""
+    return name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
+def _png_inside(base: Path, *candidates: Path) -> Path | None:
+    """The first candidate that is a file; one that resolves outside ``base`` (a symbolic link out of the results
+    folder) is refused, so that a report never embeds a file from elsewhere.
+
+    Raises:
+        GiacheckError: naming the link, where it leads and the folder a case's PNG must lie in.
+    """
+    root = base.resolve()
+    for candidate in candidates:
+        if not candidate.is_file():
+            continue
+        target = candidate.resolve()
+        if not target.is_relative_to(root):
+            raise GiacheckError(f"{candidate}: the PNG of this case leads to {target}, outside the results folder "
+                                f"{root}; a case's PNG must lie inside the folder of its result file, not be a link "
+                                "out of it, so no report was written")
+        return candidate
+    return None
