@@ -9,6 +9,8 @@ is *stale*: it fails naming each changed field, and is rewritten only under an u
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from giacheck.records import (
     lookup,
 )
 
-__all__ = ["BASELINE_KEYS", "BaselineStore", "check_baseline", "round_floats"]
+__all__ = ["BASELINE_KEYS", "BaselineStore", "check_baseline", "read_baseline", "round_floats"]
 
 BASELINE_KEYS = ("case_id", "profile", "ssim", "psnr", "secondary", "objective", "grad_distance", "iterations",
                  "restarts", "seed", "selection", "oracle", "attack", "threat", "manifest", "timings", "reid", "truth",
@@ -46,21 +48,43 @@ class BaselineStore:
         return self.root / self.profile / suite / f"{case_id}.json"
 
     def load(self, suite: str, case_id: str) -> dict[str, Any] | None:
-        """The recorded baseline, or None when there is none. A corrupt file raises :class:`BaselineError`."""
+        """The recorded baseline, or None when there is none. A file that is not a valid baseline raises
+        :class:`BaselineError` (see :func:`read_baseline`)."""
         path = self.path(suite, case_id)
         if not path.exists():
             return None
-        try:
-            data = json.loads(path.read_text())
-            recorded = data["ssim"]["mean"]
-            if not isinstance(recorded, int | float) or isinstance(recorded, bool):
-                raise TypeError(f"ssim.mean is {type(recorded).__name__}")
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise BaselineError(
-                f"corrupt baseline {path}: {exc.__class__.__name__}: {exc}. The file was left untouched; fix or "
-                "delete it, then record it again with --giacheck-update"
-            ) from None
-        return data
+        return read_baseline(path, case_id=case_id)
+
+    def check_writable(self, suite: str, case_id: str) -> Path:
+        """The baseline path of ``case_id``, once it is clear that an update can write it: an existing file must be
+        a valid baseline (a corrupt one is never overwritten) and not read-only, and the nearest existing folder
+        above it a writable folder. Checked before the case runs, so that an update that cannot be saved costs
+        no compute.
+
+        Raises:
+            BaselineError: naming the path and why it cannot be written.
+        """
+        path = self.path(suite, case_id)
+        if path.exists():
+            read_baseline(path, case_id=case_id)
+            if not os.access(path, os.W_OK):
+                raise BaselineError(f"baseline {path} cannot be rewritten: the file is read-only; make it writable "
+                                    "(or run without --giacheck-update); nothing was run or written")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise BaselineError(f"baseline {path} cannot be written: {folder} is a file, not a folder; move it away "
+                                "or choose another --giacheck-baselines; nothing was run or written")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BaselineError(f"baseline {path} cannot be written: folder {folder} is not writable; nothing was "
+                                "run or written")
+        return path
+
+    def suite_files(self, suite: str) -> list[Path]:
+        """Every ``*.json`` entry of ``suite``'s folder (files, and anything else named so)."""
+        folder = self.root / self.profile / suite
+        return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
     def identity(self, recorded: Mapping[str, Any]) -> dict[str, Any]:
         """The attack identity a baseline was recorded under; its profile is the store's when the file has none
@@ -86,6 +110,113 @@ class BaselineStore:
             return []
         known = set(known_case_ids)
         return sorted(p for p in folder.glob("*.json") if p.stem not in known)
+
+
+_LEFT = ("The file was left untouched; fix or delete it, then record it again with --giacheck-update (a corrupt "
+         "baseline is never overwritten, not even by an update)")
+_SSIM_RANGE = "a finite number in [-1, 1] (SSIM)"
+
+
+class _Constant:
+    """A ``NaN``/``Infinity`` literal met while parsing, kept so that the key holding it can be named."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def read_baseline(path: Path, *, case_id: str | None = None) -> dict[str, Any]:
+    """Parse and validate the baseline file ``path`` (of ``case_id``, when given: the file's stem).
+
+    Valid: a UTF-8 JSON object without NaN or Infinity whose ``ssim.mean`` is a number in [-1, 1]; where present,
+    ``challenge.max_ssim`` and ``challenge.median_ssim`` are such numbers (or null), ``case_id`` names the file's
+    case, ``profile`` is a string, ``attack``, ``challenge`` and ``model_state`` are objects. A boolean is never
+    taken for a number.
+
+    Raises:
+        BaselineError: ``corrupt baseline <path>: <the key and what was wrong; what is valid>``.
+    """
+    path = Path(path)
+
+    def corrupt(problem: str) -> BaselineError:
+        return BaselineError(f"corrupt baseline {path}: {problem}. {_LEFT}")
+
+    if path.is_dir():
+        raise corrupt("is a folder, not a baseline file; valid: a JSON file written by --giacheck-update")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise corrupt(f"is not UTF-8 text ({exc.reason} at byte {exc.start}); valid: a JSON file") from None
+    except OSError as exc:
+        raise BaselineError(f"baseline {path} cannot be read ({type(exc).__name__}: {exc.strerror or exc}); "
+                            "nothing was run or written") from None
+    try:
+        data = json.loads(text, parse_constant=_Constant)
+    except json.JSONDecodeError as exc:
+        raise corrupt(f"malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); valid: a JSON object "
+                      "as --giacheck-update writes it") from None
+    except RecursionError:
+        raise corrupt("JSON nested too deeply; valid: a JSON object as --giacheck-update writes it") from None
+    if not isinstance(data, dict):
+        raise corrupt(f"holds a JSON {_json_type(data)}, not an object; valid: a JSON object with at least "
+                      '{"ssim": {"mean": <number>}}')
+    try:
+        leaves = list(_leaves(data))
+    except RecursionError:
+        raise corrupt("JSON nested too deeply; valid: a JSON object as --giacheck-update writes it") from None
+    for key, value in leaves:
+        if isinstance(value, _Constant) or (isinstance(value, float) and not math.isfinite(value)):
+            shown = value.text if isinstance(value, _Constant) else repr(value)
+            raise corrupt(f"key {key!r} is {shown}; valid: finite numbers only (JSON has no NaN or Infinity)")
+    for key in ("ssim", "attack", "challenge", "model_state"):
+        if key in data and not isinstance(data[key], dict) and not (key == "model_state" and data[key] is None):
+            raise corrupt(f"key {key!r} is {_shown_json(data[key])}; valid: a JSON object")
+    if not isinstance(data.get("ssim"), dict) or "mean" not in data["ssim"]:
+        raise corrupt("key 'ssim.mean' is missing; valid: the recorded SSIM mean, " + _SSIM_RANGE)
+    _check_ssim(data["ssim"]["mean"], "ssim.mean", corrupt, nullable=False)
+    for stat in ("max_ssim", "median_ssim"):
+        if stat in data.get("challenge", {}):
+            _check_ssim(data["challenge"][stat], f"challenge.{stat}", corrupt, nullable=True)
+    if "profile" in data and not isinstance(data["profile"], str):
+        raise corrupt(f"key 'profile' is {_shown_json(data['profile'])}; valid: a profile name (smoke, paper)")
+    if case_id is not None and "case_id" in data and data["case_id"] != case_id:
+        raise corrupt(f"key 'case_id' is {_shown_json(data['case_id'])} but the file is the baseline of "
+                      f"{case_id!r}; valid: the case id the file is named after")
+    return data
+
+
+def _check_ssim(value: Any, key: str, corrupt: Any, *, nullable: bool) -> None:
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1:
+        raise corrupt(f"key {key!r} is {_shown_json(value)}; valid: {_SSIM_RANGE}" + (" or null" if nullable else ""))
+
+
+def _leaves(data: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """``(dotted key, value)`` of every value nested in objects and arrays (array items as ``key[i]``)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _leaves(value, f"{prefix}[{index}]")
+    else:
+        yield prefix, data
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value), "null")
+
+
+def _shown_json(value: Any) -> str:
+    """A JSON value as it reads in the file, with its kind: ``true (a boolean)``, ``"high" (a string)``."""
+    if isinstance(value, _Constant):
+        return value.text
+    if value is None:
+        return "null"
+    text, kind = json.dumps(value), _json_type(value)
+    return f"{text[:60]}{'...' if len(text) > 60 else ''} ({'an' if kind[0] in 'aeiou' else 'a'} {kind})"
 
 
 def check_baseline(store: BaselineStore, suite: str, result: Mapping[str, Any], *, tolerance: float,

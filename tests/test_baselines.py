@@ -144,3 +144,57 @@ def test_orphans(store: BaselineStore) -> None:
     store.write(SUITE, "gone-32-bn_eval-bs1-stats_none", {**result(), "case_id": "gone"})
     assert [p.stem for p in store.orphans(SUITE, [CASE])] == ["gone-32-bn_eval-bs1-stats_none"]
     assert store.orphans("no_such_suite", []) == []
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b'{"ssim": {"mean": NaN}}', "key 'ssim.mean' is NaN; valid: finite numbers only"),
+    (b'{"ssim": {"mean": 0.5}, "psnr": {"per_image": [-Infinity]}}', "key 'psnr.per_image[0]' is -Infinity"),
+    (b'{"ssim": {"mean": 1e999}}', "key 'ssim.mean' is inf"),
+    (b'{"ssim": {"mean": true}}', "key 'ssim.mean' is true (a boolean); valid: a finite number in [-1, 1]"),
+    (b'{"ssim": {"mean": 0.5}, "challenge": {"max_ssim": false, "median_ssim": 0.1}}',
+     "key 'challenge.max_ssim' is false (a boolean)"),
+    (b'{"ssim": {"mean": 0.5}, "challenge": {"max_ssim": 0.5, "median_ssim": 2.5}}', "'challenge.median_ssim' is 2.5"),
+    (b'{"ssim": {"mean": "0.5"}}', "key 'ssim.mean' is \"0.5\" (a string)"),
+    (b'{"ssim": [0.5]}', "key 'ssim' is [0.5] (an array); valid: a JSON object"),
+    (b'{"ssim": {"mean": 0.5}, "attack": "gradmatch"}', "key 'attack' is \"gradmatch\" (a string); valid: a JSON obj"),
+    (b'{"ssim": {"mean": 0.5}, "profile": 1}', "key 'profile' is 1 (a number); valid: a profile name"),
+    (b'{"ssim": {}}', "key 'ssim.mean' is missing"),
+    (b'{"psnr": 20}', "key 'ssim.mean' is missing"),
+    (b"null", "holds a JSON null, not an object"),
+    (b'"text"', "holds a JSON string, not an object"),
+    (b"{ not json", "malformed JSON (Expecting property name enclosed in double quotes at line 1 column 3)"),
+    (b"\xff\xfe{}", "is not UTF-8 text"),
+    (b'{"case_id": "other-32-bn_eval-bs1-stats_none", "ssim": {"mean": 0.5}}', f"the baseline of '{CASE}'"),
+    (None, "is a folder, not a baseline file"),
+], ids=["nan", "neg-infinity-nested", "overflow", "true", "false-in-challenge", "out-of-range", "string",
+        "ssim-not-object", "attack-not-object", "profile-not-string", "no-mean", "no-ssim", "null", "string-doc",
+        "malformed", "not-utf8", "other-case", "folder"])
+def test_an_invalid_baseline_names_the_file_and_key_and_is_never_rewritten(store: BaselineStore, content: bytes | None,
+                                                                            words: str) -> None:
+    path = store.path(SUITE, CASE)
+    path.parent.mkdir(parents=True)
+    path.mkdir() if content is None else path.write_bytes(content)
+    with pytest.raises(BaselineError, match=r"^corrupt baseline ") as info:
+        store.load(SUITE, CASE)
+    assert str(path) in str(info.value) and words in str(info.value) and "left untouched" in str(info.value)
+    for update in (False, True):
+        assert _check(store, result(), update=update).status is BaselineStatus.CORRUPT
+    with pytest.raises(BaselineError, match=r"^corrupt baseline "):
+        store.check_writable(SUITE, CASE)
+    with pytest.raises(BaselineError, match=r"^corrupt baseline "):
+        store.write(SUITE, CASE, result())
+    assert path.is_dir() if content is None else path.read_bytes() == content
+
+
+def test_a_valid_baseline_passes_validation(store: BaselineStore) -> None:
+    store.write(SUITE, CASE, {**result(0.5), "challenge": {"max_ssim": -0.2, "median_ssim": None}})
+    assert store.load(SUITE, CASE)["challenge"]["max_ssim"] == -0.2
+    assert store.check_writable(SUITE, CASE) == store.path(SUITE, CASE)
+
+
+def test_an_update_that_cannot_be_written_is_refused_before_it_runs(store: BaselineStore) -> None:
+    store.root.mkdir()
+    (store.root / "smoke").write_text("a file where the profile's folder goes")
+    with pytest.raises(BaselineError, match=r"cannot be written: .*smoke is a file, not a folder"):
+        store.check_writable(SUITE, CASE)
+    assert (store.root / "smoke").read_text() == "a file where the profile's folder goes"

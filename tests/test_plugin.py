@@ -103,14 +103,16 @@ def test_update_all_rewrites_and_passes(pack: pytest.Pytester) -> None:
 
 
 def test_corrupt_baseline_is_reported_and_left_untouched(pack: pytest.Pytester) -> None:
+    """Validated at collection, before any case runs, whatever the flags: a usage error naming the file."""
     path = _baseline(pack)
     path.parent.mkdir(parents=True)
     path.write_text("{ not json")
     for flags in ((), ("--giacheck-update",), ("--giacheck-update-all",)):
         result = pack.runpytest_subprocess(*flags)
-        result.assert_outcomes(failed=1)
-        result.stdout.fnmatch_lines(["*corrupt baseline*left untouched*"])
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*corrupt baseline*malformed JSON*left untouched*never overwritten*"])
         assert path.read_text() == "{ not json"
+        assert not (pack.path / "giacheck-artifacts").exists()
 
 
 def test_crashed_worker_loses_no_finished_result(pack: pytest.Pytester) -> None:

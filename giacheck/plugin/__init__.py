@@ -15,13 +15,14 @@ baselines, summary), :mod:`.xdist` (GPU pinning, shared cases), :mod:`.hooks` (h
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
 from giacheck.plugin import hooks
 from giacheck.plugin.controller import CONTROLLER, Controller
 from giacheck.plugin.fixture import GiaFixture, gia
-from giacheck.plugin.options import add_options, option, set_cpu_threads, validate, validate_attack
+from giacheck.plugin.options import add_options, given, option, set_cpu_threads, validate, validate_attack
 from giacheck.plugin.xdist import XdistHooks, pin_worker_gpu, visible_gpus
 
 __all__ = ["GiaFixture", "gia", "option", "pytest_addoption", "pytest_configure", "visible_gpus"]
@@ -60,11 +61,37 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """A process about to run giacheck cases gets its CPU threads (default 1, what baselines are recorded with)
     and, outside xdist, has ``--giacheck-attack`` checked against the attack registry (every conftest is loaded
-    by now). An xdist worker cannot stop the run with a usage error: there each case reports an unknown name."""
-    if any("gia" in getattr(item, "fixturenames", ()) for item in session.items):
+    by now) and the recorded baselines of the suites collected validated. An xdist worker cannot stop the run with
+    a usage error: there each case reports an unknown name, and each claim its corrupt baseline before it runs."""
+    items = [item for item in session.items if "gia" in getattr(item, "fixturenames", ())]
+    if items:
         set_cpu_threads(session.config)
         if not hasattr(session.config, "workerinput"):
             validate_attack(session.config)
+            validate_baselines(session.config, {Path(str(item.path)).stem for item in items})
+
+
+def validate_baselines(config: pytest.Config, suites: set[str]) -> None:
+    """Every baseline file under ``--giacheck-baselines`` of the ``suites`` collected parses and validates.
+
+    Raises:
+        pytest.UsageError: naming each corrupt file, the key and what is valid; the files are left untouched and
+            nothing is run (not even under an update flag: a corrupt baseline is fixed or deleted by hand).
+    """
+    from giacheck.baselines import BaselineStore, read_baseline
+    from giacheck.errors import BaselineError
+
+    store = BaselineStore(option(config, "baselines"), option(config, "profile"))
+    problems: list[str] = []
+    for suite in sorted(suites):
+        for path in store.suite_files(suite):
+            try:
+                read_baseline(path, case_id=path.stem)
+            except BaselineError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise pytest.UsageError(f"{given(config, 'baselines')}: {len(problems)} recorded baseline(s) of the suites "
+                                "collected cannot be used, so no test was run:\n" + "\n".join(problems))
 
 
 _CUDA = pytest.StashKey[bool]()

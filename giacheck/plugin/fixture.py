@@ -96,8 +96,7 @@ class GiaFixture:
         device, or reuse it: computed once per worker, and under xdist once per run (:mod:`giacheck.sharedcache`)."""
         from giacheck.specs import RunOptions
 
-        if self.profile == "paper" and self.device == "cpu":
-            pytest.skip("the paper profile needs a GPU: pass --giacheck-device cuda (profile 'smoke' runs on CPU)")
+        self._skip_without_gpu()
         case, options = self.case(case), options or RunOptions()
         if case.state == "ckpt" and options.weights is None:
             options = dataclasses.replace(options, weights=weights_by_model(self.config).get(case.model.name))
@@ -143,6 +142,7 @@ class GiaFixture:
     def feasible(self, case: str | Case, *, options: RunOptions | None = None) -> CaseTrials:
         """A positive control: some image of the challenge set is re-identified (after tuning, with
         ``--giacheck-trials``, as for negatives)."""
+        self._check_recorded(case)
         trials = self.trials(case, options=self._tuned(case, options))
         self._conclude(trials, claims.feasible(trials.evidence), positive=True)
         return trials
@@ -156,6 +156,7 @@ class GiaFixture:
         update does not determine the image)."""
         from giacheck.verdicts import Limitation
 
+        self._check_recorded(case)
         controls = [self.trials(c, options=self._tuned(c, options)) for c in (control, enabler) if c is not None]
         control_claim, *rest = [claims.feasible(t.evidence) for t in controls]
         trials = self.trials(case, options=self._tuned(case, options))
@@ -169,6 +170,7 @@ class GiaFixture:
                  options: RunOptions | None = None) -> claims.ClaimResult:
         """``high`` leaks more than ``low`` on the same private images by a median ``margin``; inconclusive when
         ``high`` is not re-identified."""
+        self._check_recorded(high, low)
         a, b = self.trials(high, options=options), self.trials(low, options=options)
         claim = claims.ordering(a.evidence, b.evidence, margin=margin)
         for trials in (a, b):
@@ -180,6 +182,7 @@ class GiaFixture:
 
     def regression(self, case: str | Case, *, options: RunOptions | None = None) -> CaseTrials:
         """No feasibility verdict at this budget (labelled so): only the baseline is checked."""
+        self._check_recorded(case)
         trials = self.trials(case, options=options)
         self._conclude(trials, claims.regression(trials.evidence), positive=False)
         return trials
@@ -188,6 +191,7 @@ class GiaFixture:
         """A pack's positive control: it must re-identify (and not get weaker than recorded), or the pack's
         infeasibility rules prove nothing."""
         self._use_pack(pack)
+        self._check_recorded(pack.control_id)
         trials = self.trials(pack.control_id, options=pack.run_options())
         self._conclude(trials, claims.feasible(trials.evidence), positive=True)
         return trials
@@ -196,6 +200,7 @@ class GiaFixture:
         """One configuration of a pack, judged on its most leaking image: the rules that apply (conclusive only
         with the control re-identifying under the same budget), or a regression; and its recorded baseline."""
         self._use_pack(pack)
+        self._check_recorded(case_id)
         control = control_set = None
         if pack.rules_for(case_id):
             control_trials = self.trials(pack.control_id, options=pack.run_options())
@@ -227,6 +232,30 @@ class GiaFixture:
         return dataclasses.replace(options, budget=tuned.best_attack)
 
     # -- internals
+    def _skip_without_gpu(self) -> None:
+        if self.profile == "paper" and self.device == "cpu":
+            pytest.skip("the paper profile needs a GPU: pass --giacheck-device cuda (profile 'smoke' runs on CPU)")
+
+    def _check_recorded(self, *cases: str | Case) -> None:
+        """Before any compute: the recorded baseline of each case the claim concludes parses and validates (a
+        corrupt one fails the test now and is never overwritten, whatever the flags), and under an update flag the
+        baseline can be written (:meth:`giacheck.baselines.BaselineStore.check_writable`)."""
+        __tracebackhide__ = True
+        from giacheck.baselines import BaselineStore
+        from giacheck.errors import BaselineError
+
+        self._skip_without_gpu()
+        store, update = BaselineStore(self._baselines_root(), self.profile), updating(self.config)
+        problems: list[str] = []
+        for case in cases:
+            case_id = self.case(case).id
+            try:
+                store.check_writable(self.suite, case_id) if update else store.load(self.suite, case_id)
+            except BaselineError as exc:
+                problems.append(f"{case_id}: {exc}")
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
+
     def _conclude(self, trials: CaseTrials, claim: claims.ClaimResult, *, positive: bool) -> None:
         baseline = self._baseline(trials, positive=positive)
         self._record(trials, claim, baseline)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from giacheck.claims import InvalidToleranceError, check_tolerance
 
-__all__ = ["OPTIONS", "add_options", "cpu_threads", "option", "set_cpu_threads", "updating", "validate",
+__all__ = ["OPTIONS", "add_options", "cpu_threads", "given", "option", "set_cpu_threads", "updating", "validate",
            "weights_by_model"]
 
 
@@ -76,37 +79,146 @@ def updating(config: pytest.Config) -> bool:
 
 
 def validate(config: pytest.Config) -> None:
-    """Reject bad option values before anything runs.
+    """Reject bad option values (command line or ini file) before anything is collected or run.
 
     Raises:
-        pytest.UsageError: naming the option, the value given and the valid ones.
+        pytest.UsageError: naming the option (``--giacheck-NAME`` or the ini key and file), the value given and the
+            valid ones.
     """
-    profile = option(config, "profile")
-    if profile not in ("smoke", "paper"):
-        raise pytest.UsageError(f"--giacheck-profile={profile!r}: valid values are 'smoke' and 'paper'")
-    tolerance = option(config, "tolerance")
-    try:
-        check_tolerance(tolerance)
-    except InvalidToleranceError as exc:
-        raise pytest.UsageError(f"--giacheck-tolerance={tolerance!r}: {exc}") from None
-    threads = option(config, "threads")
-    if threads and threads != "auto" and not (threads.isdigit() and int(threads) > 0):
-        raise pytest.UsageError(f"--giacheck-threads={threads!r}: give a positive number or 'auto'")
-    state = option(config, "state")
-    if state:
-        from giacheck.errors import InvalidCaseError
-        from giacheck.specs import parse_state
-
-        try:
-            kind, _ = parse_state(state)
-        except InvalidCaseError as exc:
-            raise pytest.UsageError(f"--giacheck-state={state!r}: {exc}") from None
-        if kind == "ckpt":
-            raise pytest.UsageError("--giacheck-state=ckpt: give the file instead, --giacheck-weights MODEL=PATH")
+    for opt in OPTIONS:
+        problem = _CHECKS[opt.name](option(config, opt.name))
+        if problem:
+            raise pytest.UsageError(f"{given(config, opt.name)}: {problem}")
     weights_by_model(config)
-    trials = option(config, "trials") or "0"
-    if not trials.isdigit():
-        raise pytest.UsageError(f"--giacheck-trials={trials!r}: give a number of trials (0: no tuning)")
+
+
+def given(config: pytest.Config, name: str) -> str:
+    """Where option ``name``'s value came from, with the value: ``--giacheck-NAME='v'``,
+    ``giacheck_NAME='v' (ini file /path/pytest.ini)``, ``(-o/--override-ini)`` or ``(the default)``."""
+    cli = config.getoption(f"giacheck_{name}")
+    if cli is not None:
+        return f"--giacheck-{name}={cli!r}"
+    key = f"giacheck_{name}"
+    value = config.getini(key)
+    if any(o.partition("=")[0].strip() == key for o in config.getoption("override_ini", None) or ()):
+        where = "-o/--override-ini"
+    elif value != next(opt.default for opt in OPTIONS if opt.name == name):
+        where = f"ini file {config.inipath}"
+    else:
+        where = "the default"
+    return f"{key}={value!r} ({where})"
+
+
+MAX_THREADS = 1024
+MAX_TRIALS = 10_000
+_DEVICE_RE = re.compile(r"cpu|cuda(?::[0-9]+)?")
+_GPU_RE = re.compile(r"[0-9]+|(?:GPU|MIG)-[0-9A-Za-z][0-9A-Za-z/-]*")  # an index, or a GPU / MIG UUID
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://.+")
+_JOURNAL_SUFFIXES = (".log", ".journal")
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_IMPORT_RE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*:{_IDENT}")
+
+
+def _check_profile(value: str) -> str | None:
+    return None if value in ("smoke", "paper") else "valid values are 'smoke' and 'paper'"
+
+
+def _check_device(value: str) -> str | None:
+    if _DEVICE_RE.fullmatch(value):
+        return None
+    return "valid devices are 'cpu', 'cuda' and 'cuda:N' (N a GPU index, e.g. cuda:0)"
+
+
+def _check_folder(value: str) -> str | None:
+    if not value.strip():
+        return "give a folder path (an empty one would mean the working directory)"
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        return f"{str(path)!r} is a file, not a folder; give a folder path"
+    return None
+
+
+def _check_tolerance(value: str) -> str | None:
+    try:
+        tolerance = check_tolerance(value)
+    except InvalidToleranceError as exc:
+        return str(exc)
+    if tolerance >= 1:  # SSIM is at most 1: a recorded SSIM of 0 could never be exceeded by this much
+        return (f"baseline tolerance {value!r} would let every baseline check pass (SSIM is at most 1); valid: a "
+                "finite number in [0, 1) in SSIM units (default 0.06)")
+    return None
+
+
+def _check_gpus(value: str) -> str | None:
+    if not value:
+        return None
+    ids = [g.strip() for g in value.split(",")]
+    bad = [g for g in ids if not _GPU_RE.fullmatch(g)]
+    if bad:
+        return (f"not GPU ids: {', '.join(repr(g) for g in bad)}; valid: comma-separated GPU indices (0,1,2) or "
+                "GPU UUIDs (GPU-..., MIG-...), as CUDA_VISIBLE_DEVICES takes them")
+    twice = sorted({g for g in ids if ids.count(g) > 1})
+    if twice:
+        return (f"listed twice: {', '.join(repr(g) for g in twice)}; list each GPU once (for more workers than "
+                "GPUs: --giacheck-oversubscribe)")
+    return None
+
+
+def _check_threads(value: str) -> str | None:
+    if not value or value == "auto" or (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_THREADS):
+        return None
+    return f"give a positive number or 'auto' (valid numbers: 1 to {MAX_THREADS})"
+
+
+def _check_trials(value: str) -> str | None:
+    if not value or (value.isascii() and value.isdigit() and int(value) <= MAX_TRIALS):
+        return None
+    return f"give a number of trials (0: no tuning; valid: 0 to {MAX_TRIALS})"
+
+
+def _check_storage(value: str) -> str | None:
+    if not value or _URL_RE.fullmatch(value):
+        return None
+    if not value.endswith(_JOURNAL_SUFFIXES):
+        return ("neither an RDB URL nor a journal file; valid: an Optuna RDB URL such as 'sqlite:///tuning.db', or a "
+                "journal file path ending in '.log' or '.journal'")
+    folder = Path(value).expanduser().parent
+    if not folder.is_dir():
+        return f"the journal file's folder {str(folder)!r} does not exist; create it, or give another path"
+    if Path(value).expanduser().is_dir():
+        return "is a folder; give a journal file path ending in '.log' or '.journal'"
+    return None
+
+
+def _check_attack(value: str) -> str | None:
+    """A registered name (checked against the registry at collection) or the import form ``package.module:Name``."""
+    if ":" not in value or _IMPORT_RE.fullmatch(value):
+        return None
+    return ("neither a registered attack name nor package.module:Name; valid: a registered name (letters, digits, "
+            "_), or package.module:Name (a module on sys.path and a name in it)")
+
+
+def _check_state(value: str) -> str | None:
+    if not value:
+        return None
+    from giacheck.errors import InvalidCaseError
+    from giacheck.specs import parse_state
+
+    try:
+        kind, _ = parse_state(value)
+    except InvalidCaseError as exc:
+        return str(exc)
+    if kind == "ckpt":
+        return "give the file instead, --giacheck-weights MODEL=PATH"
+    return None
+
+
+# the check of each option of OPTIONS: the problem with a value, or None when it is valid
+_CHECKS: dict[str, Callable[[str], str | None]] = {
+    "profile": _check_profile, "device": _check_device, "artifacts": _check_folder, "baselines": _check_folder,
+    "tolerance": _check_tolerance, "gpus": _check_gpus, "threads": _check_threads, "trials": _check_trials,
+    "storage": _check_storage, "attack": _check_attack, "state": _check_state,
+}
 
 
 def weights_by_model(config: pytest.Config) -> dict[str, str]:
