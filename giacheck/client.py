@@ -19,11 +19,20 @@ from torch import nn
 from torch.func import functional_call
 
 from giacheck.defences import Defence, DefenceStage, make_defences
-from giacheck.errors import InvalidCaseError
+from giacheck.errors import InvalidCaseError, WeightsError
 from giacheck.models.registry import mean_cross_entropy
+from giacheck.models.weights import describe_nonfinite, nonfinite_tensors
 from giacheck.specs import BNMode, ClientSpec, UpdateKind
 
-__all__ = ["BNStats", "ClientUpdate", "bn_modules", "local_training", "loss_of", "simulate_update"]
+__all__ = [
+    "BNStats",
+    "ClientUpdate",
+    "bn_modules",
+    "check_finite_model",
+    "local_training",
+    "loss_of",
+    "simulate_update",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,12 +127,32 @@ def local_training(params: dict[str, torch.Tensor], grad_fn: GradFn, spec: Clien
     return update
 
 
+def check_finite_model(model: nn.Module) -> None:
+    """Refuse a global model whose own parameters or buffers hold NaN or Inf, naming the tensors.
+
+    Raises:
+        WeightsError: some parameter or buffer is not finite.
+    """
+    found = nonfinite_tensors([*model.named_parameters(), *model.named_buffers()])
+    if found:
+        raise WeightsError(
+            f"the global model's own weights are non-finite in {len(found)} tensor(s) — {describe_nonfinite(found)} — "
+            "before the client trains: the NaN/Inf comes from the model (its weights file, its factory or the "
+            "preparation of its state), not from the client's learning rate or images. Valid: a global model "
+            "whose every parameter and buffer is finite."
+        )
+
+
 def simulate_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: ClientSpec, *,
                     seed: int = 0) -> ClientUpdate:
     """Run the client's local training on a private copy of ``model`` and return what it shares.
 
     ``seed`` seeds the client's own randomness (its defences' draws).
+
+    Raises:
+        WeightsError: the global model's own parameters or buffers are not finite (checked before training).
     """
+    check_finite_model(model)
     client = copy.deepcopy(model)
     client.train(spec.bn_mode is BNMode.TRAIN)
     before = _snapshot(client)

@@ -371,8 +371,10 @@ class Pack:
         if self.control_id in {case.id for case in cases}:
             problems.append(f"control {self.control_id} is also a configuration of the grid; the control must be "
                             "a separate case that reconstructs (choose another control, or drop it from the grid)")
-        model_problems, model_sha256 = self._model_problems()
-        problems.extend(model_problems)
+        model_sha256 = ""
+        if not any("memory:" in problem for problem in problems):  # the blank forward would not fit either
+            model_problems, model_sha256 = self._model_problems()
+            problems.extend(model_problems)
         if problems:
             raise InvalidPackError(f"pack {self.name}: {len(problems)} invalid configuration(s) or control:\n  "
                                    + "\n  ".join(problems))

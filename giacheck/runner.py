@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,9 +31,10 @@ from giacheck.client import ClientUpdate, bn_modules, simulate_update
 from giacheck.data import POOL_LIMIT, ImageBatch, ImageSource, disjoint_pool, heldout_pool, open_source
 from giacheck.defences import make_defences
 from giacheck.diagnostics import truth_objective
-from giacheck.errors import GiacheckError, InvalidCaseError, WeightsError
+from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.ladder import controlled_init, denoised_ssim, ladder_init
 from giacheck.models import ModelEntry, build, get_entry
+from giacheck.models.weights import check_weights_file
 from giacheck.modelstate import StateRecord, auxiliary_images, prepare_state
 from giacheck.provenance import manifest
 from giacheck.reid import reidentify, reidentify_batch
@@ -160,12 +160,12 @@ def _prepare(case: Case, profile: str, device: str, options: RunOptions) -> _Set
     task = get_task(entry.task)
     source = open_source(options.data, num_classes=entry.num_classes)
     source.verify()  # every image decodes (remembered within a process): a bad file is named before compute
-    check_case(case, entry=entry, source=source)
-    if options.weights is not None and not Path(options.weights).is_file():
-        raise WeightsError(f"weights {options.weights}: " + ("is a folder" if Path(options.weights).is_dir() else
-                           "no such file") + "; give a local safetensors file or a torch.save state dict")
-    attack = make_attack(case.attack, spec if task.batchable_trials else replace(spec, batched_restarts=False))
     torch_device = resolve_device(device)
+    check_case(case, entry=entry, source=source, device=torch_device,
+               restarts=spec.restarts if spec.batched_restarts and task.batchable_trials else 1)
+    if options.weights is not None:
+        check_weights_file(options.weights)  # readable, safe and finite: before the model is built
+    attack = make_attack(case.attack, spec if task.batchable_trials else replace(spec, batched_restarts=False))
     batch = task.client_batch(source, batch_size=case.client.batch_size, size=case.model.resolution,
                               first=options.image)
     auxiliary = auxiliary_images(source, exclude=batch.names) if case.state not in ("random", "ckpt") else ()

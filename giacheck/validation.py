@@ -1,13 +1,20 @@
-"""Reject a case that makes no sense before any compute, saying what was given and what is valid (opacus style)."""
+"""Reject a case that makes no sense before any compute, saying what was given and what is valid (opacus style).
+
+Besides the axes of the grammar, a case must fit in memory (:mod:`giacheck.memory`): the estimate for its model,
+resolution, batch size and batched restarts against the memory the device has.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from giacheck.attack.registry import ATTACKS
 from giacheck.data import ImageSource
 from giacheck.defences import make_defences
 from giacheck.errors import GiacheckError, InvalidCaseError
+from giacheck.memory import memory_problem
 from giacheck.models import ModelEntry, get_entry
 from giacheck.specs import AXIS, BNMode, Case, LabelKnowledge, StatsAccess, UpdateKind, parse_state
 from giacheck.tasks import get_task
@@ -29,17 +36,27 @@ class CaseProblem(str):
 Validator = Callable[[Case, ModelEntry, "ImageSource | None"], list[str]]
 
 
-def validate(case: Case, *, entry: ModelEntry | None = None, source: ImageSource | None = None) -> list[CaseProblem]:
+def validate(case: Case, *, entry: ModelEntry | None = None, source: ImageSource | None = None,
+             device: str | torch.device | None = None, restarts: int = 1) -> list[CaseProblem]:
     """Return every problem with ``case`` (empty when it is valid), axis by axis. Unknown models raise at once.
 
     Args:
         case: the case to check.
         entry: the model's entry (looked up from ``case.model.name`` when None).
         source: the image source the client draws from; batch-size checks are skipped when None.
+        device: where the case will run, for the memory check; None: it must fit in the host's memory or in
+            the free memory of the CUDA device, if there is one.
+        restarts: the attack's restarts that run batched through the model (1 when they run one after another).
     """
     entry = entry or get_entry(case.model.name)
-    return [CaseProblem(axis, message) for axis, check in VALIDATORS.items()
-            for message in check(case, entry, source)]
+    problems = [CaseProblem(axis, message) for axis, check in VALIDATORS.items()
+                for message in check(case, entry, source)]
+    if not any(p.axis in ("res", "bs") for p in problems):  # the estimate builds the model at this resolution
+        memory = memory_problem(entry, case.model.resolution, batch_size=case.client.batch_size,
+                                restarts=max(restarts, 1), device=device)
+        if memory:
+            problems.append(CaseProblem("res", memory))
+    return problems
 
 
 def _resolution(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
@@ -138,8 +155,9 @@ VALIDATORS: dict[str, Validator] = {
 assert set(VALIDATORS) <= set(AXIS), "a validator for an axis the grammar does not have"
 
 
-def check_case(case: Case, *, entry: ModelEntry | None = None, source: ImageSource | None = None) -> None:
-    """Raise :class:`InvalidCaseError` listing every problem :func:`validate` finds."""
-    problems = validate(case, entry=entry, source=source)
+def check_case(case: Case, *, entry: ModelEntry | None = None, source: ImageSource | None = None,
+               device: str | torch.device | None = None, restarts: int = 1) -> None:
+    """Raise :class:`InvalidCaseError` listing every problem :func:`validate` finds (same arguments)."""
+    problems = validate(case, entry=entry, source=source, device=device, restarts=restarts)
     if problems:
         raise InvalidCaseError(f"invalid case {case.id}: " + "; ".join(problems))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,14 @@ from torch import nn
 
 from giacheck.errors import WeightsError
 
-__all__ = ["WeightsReport", "load_weights", "read_state_dict"]
+__all__ = [
+    "WeightsReport",
+    "check_weights_file",
+    "describe_nonfinite",
+    "load_weights",
+    "nonfinite_tensors",
+    "read_state_dict",
+]
 
 log = logging.getLogger("giacheck.models.weights")
 
@@ -55,8 +63,9 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str], *, trust_pickl
             those are logged and reported, and the module keeps its own values for missing keys.
 
     Raises:
-        WeightsError: the file is missing or unreadable, needs pickles without ``trust_pickle``, holds no state
-            dict, a tensor's shape differs from the module's (the keys are named), or (``strict``) keys differ.
+        WeightsError: the file is missing or unreadable, needs pickles without ``trust_pickle`` (or calls a blocked
+            global), holds no state dict, a tensor's shape differs from the module's or holds NaN/Inf (the keys are
+            named), or (``strict``) keys differ.
     """
     state, fmt = read_state_dict(path, trust_pickle=trust_pickle)
     own = module.state_dict()
@@ -70,6 +79,7 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str], *, trust_pickl
             f"shapes — {listed}{_more(mismatched)}. Was it saved from another architecture, resolution or number of "
             "classes? Build the model with the matching name/num_classes, or drop those keys from the file."
         )
+    _check_finite({k: v for k, v in state.items() if k in own}, path)
     missing = tuple(k for k in own if k not in state)
     unexpected = tuple(k for k in state if k not in own)
     if missing or unexpected:
@@ -86,42 +96,120 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str], *, trust_pickl
     return report
 
 
+def check_weights_file(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> None:
+    """Refuse a weights file that cannot be read safely or holds NaN/Inf, without any model: a check before compute.
+
+    Raises:
+        WeightsError: as :func:`read_state_dict`, or some tensor of the file is not finite (named).
+    """
+    state, _ = read_state_dict(path, trust_pickle=trust_pickle)
+    _check_finite(state, path)
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    found = nonfinite_tensors(state.items())
+    if found:
+        raise WeightsError(
+            f"weights file {str(path)!r} holds non-finite values in {len(found)} tensor(s) — "
+            f"{describe_nonfinite(found)}: a diverged or corrupted checkpoint, which no client can train from. "
+            "Valid: a weights file whose every tensor is finite (check the training run that saved it)."
+        )
+
+
 def read_state_dict(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """Read a state dict from a local file; returns ``(state dict on CPU, format)``. See :func:`load_weights`."""
     file = Path(path)
-    if not file.is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist or is not a file; give a local path "
-                           "(giacheck never downloads weights)")
+    _check_file(file, path)
     if file.suffix.lower() in _SAFETENSORS_SUFFIXES:
         return _read_safetensors(file), "safetensors"
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
         fmt = "torch"
     except pickle.UnpicklingError as exc:
-        reason = _weights_only_reason(exc)
-        if "global" not in reason.lower():  # not an object the allow-list refused: a corrupt or foreign file
-            raise WeightsError(f"cannot read weights file {str(path)!r}: torch.load(weights_only=True) failed "
-                               f"({reason}); is it a torch.save file, or a .safetensors file with another suffix?"
-                               ) from None
-        if not trust_pickle:
-            raise WeightsError(
-                f"weights file {str(path)!r} needs arbitrary pickled objects, which can run code when loaded "
-                f"(torch.load(weights_only=True) refused it: {reason}). Save a state dict instead "
-                "(torch.save(model.state_dict(), ...) or safetensors), or pass trust_pickle=True if you trust the file."
-            ) from None
+        refused = _refused_global(exc)
+        if refused is None:  # not an object the allow-list refused: a corrupt or foreign file
+            raise WeightsError(f"cannot read weights file {str(path)!r}: torch.load(weights_only=True) cannot parse "
+                               f"it ({_weights_only_reason(exc)}). {_VALID}") from None
+        name, blocked = refused
+        if blocked or not trust_pickle:
+            raise WeightsError(_refusal(path, name, blocked)) from None
         obj = _load_pickle(file)
         fmt = "pickle"
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WeightsError(f"cannot read weights file {str(path)!r} with torch.load: {type(exc).__name__}: {exc}; "
-                           "is it a torch.save file or a .safetensors file with another suffix?") from exc
+    except Exception as exc:  # torch's safe loader runs no code of the file; a corrupt file raises anything
+        raise WeightsError(f"cannot read weights file {str(path)!r} with torch.load(weights_only=True): "
+                           f"{type(exc).__name__}: {exc} (empty, truncated or not a weights file?). {_VALID}"
+                           ) from None
     return _as_state_dict(obj, path), fmt
 
 
+_VALID = ("Valid: a .safetensors file (safetensors.torch.save_file), or a state dict of tensors saved with "
+          "torch.save(model.state_dict(), PATH)")
+# torch's two wordings of a refused global: "Unsupported global: GLOBAL os.getcwd was not an allowed global by
+# default" and "Trying to load unsupported GLOBAL posix.system whose module posix is blocked"
+_GLOBAL_RE = re.compile(r"\bGLOBAL\s+([\w.]+)", re.IGNORECASE)
+_BLOCKED_RE = re.compile(r"whose module\s+(\S+)\s+is blocked", re.IGNORECASE)
+
+
+def _check_file(file: Path, path: str | os.PathLike[str]) -> None:
+    """A local regular file, or a :class:`WeightsError` saying what it is instead."""
+    given = f"weights file {str(path)!r}"
+    if file.is_symlink() and not file.exists():
+        raise WeightsError(f"{given} is a symbolic link that loops or points to nothing; give the path of the "
+                           "weights file itself (a local .safetensors or torch.save file)")
+    if file.is_dir():
+        raise WeightsError(f"{given} is a folder, not a file; give the path of one .safetensors or torch.save file "
+                           "in it")
+    if not file.exists():
+        raise WeightsError(f"{given} does not exist; give a local path (giacheck never downloads weights)")
+    if not file.is_file():
+        raise WeightsError(f"{given} is not a regular file (a device, pipe or socket?); give a local "
+                           ".safetensors or torch.save file")
+    if file.stat().st_size == 0:
+        raise WeightsError(f"{given} is empty (0 bytes): was it written completely? {_VALID}")
+
+
+def _refused_global(exc: pickle.UnpicklingError) -> tuple[str, bool] | None:
+    """The global torch's safe loader refused to call, and whether its module is blocked outright; None when the
+    loader failed for another reason (an opcode it does not support, a corrupt file)."""
+    text = str(exc)
+    found = _GLOBAL_RE.search(text)
+    if found is None:
+        return None
+    return found.group(1).rstrip("."), _BLOCKED_RE.search(text) is not None
+
+
+def _refusal(path: str | os.PathLike[str], name: str, blocked: bool) -> str:
+    """Why a file calling the global ``name`` is refused, and what to give instead."""
+    if blocked:
+        return (f"weights file {str(path)!r} is refused: it calls the global {name}, which is not allowed (its "
+                "module is blocked: no checkpoint needs it, and calling it can run commands on this machine). It "
+                f"is not safe to load, with or without trust_pickle. {_VALID}.")
+    return (f"weights file {str(path)!r} is refused: it calls the global {name}, which is not allowed in a weights "
+            "file: it needs arbitrary pickled objects, and loading them can run code, so it is not safe to load. "
+            f"{_VALID}; or pass trust_pickle=True if you trust the file (e.g. a whole pickled checkpoint).")
+
+
+def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, int, int]]:
+    """``(name, NaN count, Inf count)`` of each floating-point tensor holding a NaN or an infinity."""
+    found = []
+    for name, tensor in named:
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            nans = int(torch.isnan(tensor).sum())
+            found.append((name, nans, tensor.numel() - nans - int(torch.isfinite(tensor).sum())))
+    return found
+
+
+def describe_nonfinite(found: list[tuple[str, int, int]]) -> str:
+    """``"fc.weight (3 NaN, 0 Inf), ..."`` for :func:`nonfinite_tensors`' result, the first ten named."""
+    listed = ", ".join(f"{name} ({nans} NaN, {infs} Inf)" for name, nans, infs in found[:_LISTED])
+    return listed + _more(found)
+
+
 def _weights_only_reason(exc: pickle.UnpicklingError) -> str:
-    """The line of torch's long weights-only message that says what it refused (an unsupported global/operand)."""
+    """The line of torch's long weights-only message that says what it could not parse (an unsupported operand)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reason = next((line for line in lines if "Unsupported" in line), lines[0] if lines else type(exc).__name__)
-    return reason.split(" Please use")[0]  # drop torch's advice to allow-list the class
+    reason = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else "")
+    return reason.split(" Please ")[0] or type(exc).__name__  # drop torch's advice to allow-list or file an issue
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
@@ -131,7 +219,9 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"cannot read safetensors file {str(file)!r}: {exc}") from exc
+        raise WeightsError(f"cannot read safetensors file {str(file)!r}: {exc} (truncated, or not a safetensors "
+                           "file?). Valid: a complete file as safetensors.torch.save_file writes it, or a torch.save "
+                           "state dict under another suffix than .safetensors") from None
 
 
 def _load_pickle(file: Path) -> Any:
