@@ -53,8 +53,8 @@ def check_output_folder(out: Path, *, command: str, consequence: str = "nothing 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GiacheckError(f"--out {out}: is a file, not a folder; {consequence}")
-    check_writable(out, consequence=consequence)
     if not out.exists():
+        check_writable(out, consequence=consequence)
         return {}
     written, kept = _written(out), set(keep)
     foreign = sorted(e.name + ("/" if e.is_dir() else "") for e in out.iterdir()
@@ -63,6 +63,7 @@ def check_output_folder(out: Path, *, command: str, consequence: str = "nothing 
         shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
         raise GiacheckError(f"--out {out}: the folder already holds files {command} did not write ({shown}); "
                             f"{consequence}. Choose a new or empty folder.")
+    check_writable(out, consequence=consequence)  # after the refusal above: a folder refused is never touched
     return written
 
 
