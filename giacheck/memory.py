@@ -20,8 +20,8 @@ built on the CPU at its default size, moved to the meta device and measured ther
 the pixel count.
 
 Available memory is the device's: free CUDA memory (``torch.cuda.mem_get_info`` plus what this process's caching
-allocator holds unused) on a CUDA device, and the host's available memory (psutil when installed, else
-``MemAvailable`` of ``/proc/meminfo``, else ``os.sysconf``) for the scoring and for a CPU device.
+allocator holds unused) on a CUDA device, and the host's total memory (psutil when installed, else
+``MemTotal`` of ``/proc/meminfo``, else ``os.sysconf``) for the scoring and for a CPU device.
 ``GIACHECK_SKIP_MEMORY_CHECK=1`` skips the check.
 """
 
@@ -82,7 +82,7 @@ class AvailableMemory:
 
     bytes: int
     device: str  # "cpu" | "cuda:0" ...
-    source: str  # "psutil", "/proc/meminfo MemAvailable", "os.sysconf", "torch.cuda.mem_get_info"
+    source: str  # "psutil, total", "/proc/meminfo MemTotal", "os.sysconf", "torch.cuda.mem_get_info"
 
     def __str__(self) -> str:
         where = "host memory" if self.device == "cpu" else f"free memory on {self.device}"
@@ -136,7 +136,9 @@ class MemoryEstimate:
 
 
 def available_memory(device: str | torch.device = "cpu") -> AvailableMemory | None:
-    """Bytes that can still be allocated on ``device``; None when this platform does not say."""
+    """Bytes a case may use on ``device``; None when this platform does not say. On the host this is the machine's
+    total memory, not what is free now: xdist workers run cases side by side, so what is free at one worker's
+    check depends on the other's case, and a case that fits the machine must not be refused for it."""
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
@@ -152,16 +154,16 @@ def available_memory(device: str | torch.device = "cpu") -> AvailableMemory | No
     except ImportError:
         pass
     else:
-        return AvailableMemory(bytes=int(psutil.virtual_memory().available), device="cpu", source="psutil")
+        return AvailableMemory(bytes=int(psutil.virtual_memory().total), device="cpu", source="psutil, total")
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith("MemTotal:"):
                 return AvailableMemory(bytes=int(line.split()[1]) * 1024, device="cpu",
-                                       source="/proc/meminfo MemAvailable")
+                                       source="/proc/meminfo MemTotal")
     except (OSError, ValueError, IndexError):
         pass
     try:
-        pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, OSError, ValueError):
         return None
     if pages <= 0 or size <= 0:
