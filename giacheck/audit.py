@@ -11,13 +11,15 @@ command: finished cases are kept, not recomputed (``audit-state.json`` records w
 Exit codes (:mod:`giacheck.cli` documents them for every command): 0 every configuration is at or below its
 threshold and the positive control reconstructs; 1 some configuration is feasible above its threshold (it
 leaks); 3 inconclusive (the control did not reconstruct under the same budget, so "below threshold" proves
-nothing); 2 bad input, found before anything runs; 4 an error in the middle of a run, which is named (the
-finished cases stay in ``results.jsonl``; an error is never read as "the attack failed"); 130 interrupted.
+nothing, or a score is not finite); 2 bad input, found before anything runs (or, rarely, by a running case:
+named, the finished cases kept); 4 an error in the middle of a run, which is named (the finished cases stay in
+``results.jsonl``; an error is never read as "the attack failed"); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterable
@@ -116,20 +118,20 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str, progres
     torch_device = resolve_device(device)  # an unknown device, or CUDA where there is none: before any write
     if get_profile(profile).needs_gpu and torch_device.type == "cpu":
         raise GiacheckError(f"profile {profile!r} needs a GPU (--device cuda); on a CPU use --profile smoke")
-    plan = pack.plan()  # also validates the control and builds the model once
+    budget = pack.attack or get_profile(profile).attack
+    restarts = budget.restarts if budget.batched_restarts else 1
+    plan = pack.plan(device=torch_device, restarts=restarts)  # also the control; builds the model once
     stream = stream or sys.stderr
     options = pack.run_options()
     challenge = get_profile(profile).challenge
     artifacts = out / profile / pack.name
-    ident = identity(pack, plan, profile=profile, device=str(torch_device))
+    ident = identity(pack, plan, profile=profile, device=_device_name(torch_device))
     with OutputLock(out, command="giacheck audit"):
         check_output_folder(out, command="giacheck audit", consequence="nothing was run or written")
         done = _resume(out, ident, fresh=fresh)
         claim_outputs(out, WRITER, [RESULTS_JSON, RESULTS_JSONL, STATE_JSON, profile])
         write_json_atomic({"identity": ident, "finished": False}, out / STATE_JSON)
-        journal = Journal(out / RESULTS_JSONL, fresh=not done)
-        if not done:  # a run that fails before its first case leaves no old cases behind
-            (out / RESULTS_JSONL).write_text("")
+        journal = Journal(out / RESULTS_JSONL, fresh=not done)  # _resume removed an older audit's journal
         bar = _Progress(len(plan.cases) + 1, stream, enabled=stream.isatty() if progress is None else progress)
 
         def record(trials: CaseTrials, claim: ClaimResult, wall: float) -> None:
@@ -193,6 +195,15 @@ def identity(pack: Pack, plan: Plan, *, profile: str, device: str) -> dict[str, 
     }
 
 
+def _device_name(device: Any) -> str:
+    """``cuda`` as the index it means (``cuda:0``), so the same GPU named two ways is one identity."""
+    import torch
+
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
 def _resume(out: Path, ident: dict[str, Any], *, fresh: bool) -> dict[str, CaseRecord]:
     """The finished cases of an unfinished audit in ``out`` to keep, by case id; none for a finished audit, a
     new folder, or with ``fresh`` (the older files are then removed, so no report of another run stays beside a
@@ -203,7 +214,7 @@ def _resume(out: Path, ident: dict[str, Any], *, fresh: bool) -> dict[str, CaseR
     """
     state_path, journal = out / STATE_JSON, out / RESULTS_JSONL
     state: dict[str, Any] = {}
-    if state_path.is_file():
+    if state_path.is_file() and not fresh:
         try:
             state = read_json(state_path)
             if not isinstance(state, dict):
@@ -223,6 +234,7 @@ def _resume(out: Path, ident: dict[str, Any], *, fresh: bool) -> dict[str, CaseR
                 f"--out {out} holds an unfinished audit ({len(kept)} finished case(s) in {RESULTS_JSONL}) of another "
                 f"configuration ({shown}); nothing was run or written. Rerun with the same arguments (and the same "
                 "model code and weights) to resume it, add --fresh to discard it, or choose another --out.")
+        _cut_torn_line(journal)
         wanted = {ident["control"], *ident["cases"]}
         return {r.case_id: r for r in kept if r.case_id in wanted}
     for name in (RESULTS_JSON, RESULTS_JSONL):
@@ -233,6 +245,15 @@ def _resume(out: Path, ident: dict[str, Any], *, fresh: bool) -> dict[str, CaseR
 
     remove_outputs(out, REPORT_WRITER)  # a report of the older run never stands beside the new journal
     return {}
+
+
+def _cut_torn_line(journal: Path) -> None:
+    """Drop a last line left incomplete by a crash mid-append (``read_records`` skips it), so that the next
+    record starts on a line of its own."""
+    data = journal.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with journal.open("r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
 
 
 def _journal_records(out: Path, case_ids: list[str]) -> list[CaseRecord]:
@@ -265,10 +286,14 @@ def _shown_challenge(options: Any, challenge: Any) -> str:
 
 
 def exit_code(records: Iterable[CaseRecord]) -> int:
-    """1 when a configuration leaks above its rule; 3 when the control failed or a verdict is inconclusive."""
+    """1 when a configuration leaks above its rule; 3 when the control failed, a verdict is inconclusive or a
+    score is not finite."""
+    records = list(records)
     verdicts = {(r.claim, r.verdict) for r in records}
     if (ClaimKind.INFEASIBLE, Verdict.FAIL) in verdicts:
         return EXIT_LEAKS
+    if any(not math.isfinite(v) for r in records for v in (r.scores.ssim_mean, r.scores.ssim_max, *r.scores.ssim)):
+        return EXIT_INCONCLUSIVE  # a score that is not a number proves nothing, whatever verdict it was given
     if (ClaimKind.INFEASIBLE, Verdict.INCONCLUSIVE) in verdicts or (ClaimKind.FEASIBLE, Verdict.FAIL) in verdicts:
         return EXIT_INCONCLUSIVE
     return EXIT_OK

@@ -8,7 +8,8 @@ Exit status, the same for every command:
   0    ok: what was asked ran, and (audit) no configuration leaks an identifiable image
   1    audit: a configuration leaks (feasible above its rule)
   2    bad input (options, files, model code that raises or exits), refused before any compute
-  3    audit: inconclusive (the positive control did not reconstruct under the same budget)
+  3    audit: inconclusive (the positive control did not reconstruct under the same budget, or a
+       score is not finite)
   4    internal error: something failed while running (named; finished results are kept)
   130  interrupted (Ctrl-C); a rerun of the same audit resumes it
 """

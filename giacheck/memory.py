@@ -1,8 +1,9 @@
 """How much memory a case needs, against what the machine has: checked before any compute (:mod:`giacheck.validation`).
 
-The activations are measured, not guessed: the network is built on PyTorch's ``meta`` device (shapes only, no
-storage, no arithmetic) and one forward at the case's resolution records the storage of every tensor autograd saves
-for the backward. Where the device runs the attack (model, client, attacker)::
+The activations are measured, not guessed: the network is built on the CPU at the case's resolution (or its
+default size, when the case asks for more, and then scaled with the pixel count), a copy moved to PyTorch's
+``meta`` device (shapes only, no storage, no arithmetic), and one forward there records the storage of every
+tensor autograd saves for the backward. Where the device runs the attack (model, client, attacker)::
 
     device = restarts * (PER_RESTART_PARAMETERS * parameters + PER_IMAGE_ACTIVATIONS * batch * (activations + input))
              + GLOBAL_PARAMETERS * parameters
@@ -14,19 +15,17 @@ again). The host scores the result against the re-identification pool (``POOL_LI
     host = POOL_LIMIT * input * SCORING_COPIES
 
 The constants were fitted on CPU runs (peak RSS of ``run_case`` for ResNet-18 at 32 and 224 px and Swin-T at 32 px,
-1 to 8 images and restarts), where they over-estimate by 0-60 % (most with one image and one restart). A factory
-that does not build or run on the meta device (one that finds its strides by a forward, as ultralytics does) is
-built on the CPU at its default size, moved to the meta device and measured there, and its activations scaled with
-the pixel count.
+1 to 8 images and restarts), where they over-estimate by 0-60 % (most with one image and one restart).
 
-Available memory is the device's: free CUDA memory (``torch.cuda.mem_get_info`` plus what this process's caching
-allocator holds unused) on a CUDA device, and the host's total memory (psutil when installed, else
-``MemTotal`` of ``/proc/meminfo``, else ``os.sysconf``) for the scoring and for a CPU device.
+Available memory is the device's total, not what is free at the moment (xdist workers run cases side by side,
+and may share a GPU): ``torch.cuda.mem_get_info``'s total on a CUDA device, and the host's total memory (psutil
+when installed, else ``MemTotal`` of ``/proc/meminfo``, else ``os.sysconf``) for the scoring and a CPU device.
 ``GIACHECK_SKIP_MEMORY_CHECK=1`` skips the check.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -144,9 +143,8 @@ def available_memory(device: str | torch.device = "cpu") -> AvailableMemory | No
         if not torch.cuda.is_available():
             return None
         index = dev.index if dev.index is not None else torch.cuda.current_device()
-        free, _ = torch.cuda.mem_get_info(index)
-        cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
-        return AvailableMemory(bytes=int(free + cached), device=f"cuda:{index}", source="torch.cuda.mem_get_info")
+        _, total = torch.cuda.mem_get_info(index)  # total, as on the host: workers may share a GPU
+        return AvailableMemory(bytes=int(total), device=f"cuda:{index}", source="torch.cuda.mem_get_info, total")
     if dev.type != "cpu":
         return None
     try:
@@ -303,20 +301,18 @@ def _measure(entry: ModelEntry, resolution: int) -> tuple[int, int, str]:
 
 
 def _measure_now(entry: ModelEntry, resolution: int) -> tuple[int, int, str]:
-    try:
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the caller's random stream is left as it was
-            net = entry.factory(resolution, entry.num_classes)
-        return (*_saved_bytes(net, resolution), "measured on the meta device")
-    except (Exception, SystemExit) as exc:  # needs real values (e.g. strides found by a forward), or exits
-        log.debug("%s at %d does not build or run on the meta device (%s: %s)", entry.name, resolution,
-                  type(exc).__name__, exc)
+    """Build the model on the CPU at ``min(resolution, default size)`` and record one forward on a copy of it on
+    the meta device (shapes only). The model is never built *under* a meta-device context: a module that a
+    factory imports for the first time would then keep meta tensors of its own, and every later build in this
+    process would fail. A copy is moved, so a factory that returns a shared module keeps it intact."""
     probe = min(resolution, entry.default_size)
     try:
-        with torch.random.fork_rng(devices=[]):
-            net = entry.factory(probe, entry.num_classes).to("meta")
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+            net = copy.deepcopy(entry.factory(probe, entry.num_classes)).to("meta")
         activations, parameters = _saved_bytes(net, probe)
-        return (activations * resolution * resolution // (probe * probe), parameters,
-                f"measured at {probe}x{probe} and scaled with the pixel count")
+        how = "measured on the meta device" + ("" if probe == resolution else
+                                               f" at {probe}x{probe} and scaled with the pixel count")
+        return activations * resolution * resolution // (probe * probe), parameters, how
     except (Exception, SystemExit) as exc:  # user code can raise or exit: the conservative factor then
         log.debug("%s cannot be measured at %d (%s: %s); using the fallback factor", entry.name, probe,
                   type(exc).__name__, exc)

@@ -329,8 +329,9 @@ class Pack:
     def resolution(self) -> int:
         return self.input_size or self.entry().default_size
 
-    def plan(self) -> Plan:
-        """Expand and validate the grid before any compute.
+    def plan(self, *, device: Any = None, restarts: int = 1) -> Plan:
+        """Expand and validate the grid before any compute; ``device`` and ``restarts`` (batched restarts of
+        the attack) are what the memory check judges each configuration against.
 
         Raises:
             InvalidPackError: the model does not import or its factory fails, or any configuration is invalid
@@ -355,14 +356,14 @@ class Pack:
                 skipped.append((case.id, "an inference-mode client updates no running statistics: nothing to "
                                          "invert for stats_exact"))
                 continue
-            found = validate(case, entry=entry, source=source)
+            found = validate(case, entry=entry, source=source, device=device, restarts=restarts)
             if found:
                 problems.append(f"{case.id}: " + "; ".join(found))
             cases.append(case)
         try:
             control = Case.parse(self.control_id)
             control_entry = get_entry(control.model.name)
-            found = validate(control, entry=control_entry,
+            found = validate(control, entry=control_entry, device=device, restarts=restarts,
                              source=open_source(self.data, num_classes=control_entry.num_classes))
         except InvalidCaseError as exc:
             found = [str(exc)]

@@ -50,7 +50,8 @@ def import_object(spec: str, kind: str, *, error: type[Exception] = UnknownPlugi
         raise error(f"{kind} {spec!r}: importing module {module_name!r} {user_code_failure(exc)}") from exc
     obj = getattr(module, attr, None)
     if obj is None:
-        raise error(f"{kind} {spec!r}: module {module_name!r} has no {attr!r}")
+        where = getattr(module, "__file__", None) or "?"
+        raise error(f"{kind} {spec!r}: module {module_name!r} (imported from {where}) has no {attr!r}")
     return obj
 
 

@@ -306,8 +306,8 @@ def test_progress_bar_and_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert quiet.getvalue() == "" and caplog.messages == ["[1/2] a", "[2/2] b"]
 
 
-def _judged(claim: claims.ClaimResult) -> CaseRecord:
-    result = {"case_id": claim.case_id, "profile": "smoke", "ssim": {"per_image": [0.5], "mean": 0.5, "max": 0.5}}
+def _judged(claim: claims.ClaimResult, ssim: float = 0.5) -> CaseRecord:
+    result = {"case_id": claim.case_id, "profile": "smoke", "ssim": {"per_image": [ssim], "mean": ssim, "max": ssim}}
     return CaseRecord.from_result(result, suite="p", profile="smoke", claim=claim, baseline=NOT_CHECKED, wall_s=1.0,
                                   origin="computed")
 
@@ -325,6 +325,8 @@ def test_exit_code_from_records() -> None:
     assert exit_code([_judged(good), _judged(holds), _judged(leaks)]) == EXIT_LEAKS == 1
     assert exit_code([_judged(weak), _judged(unsure)]) == EXIT_INCONCLUSIVE == 3
     assert exit_code([_judged(weak), _judged(claims.regression(_ev(TRAIN, 0.5, 0.5)))]) == EXIT_INCONCLUSIVE
+    assert exit_code([_judged(good), _judged(holds, ssim=float("nan"))]) == EXIT_INCONCLUSIVE, \
+        "a score that is not a number never reads as 'no configuration leaks'"
 
 
 # ------------------------------------------------------------------------------------------------ the output folder
@@ -365,7 +367,7 @@ def test_audit_refuses_a_report_folder_it_did_not_write(tmp_path: Path, capsys: 
 # ------------------------------------------------------------------------------------------------ bad input
 BAD_INPUT = [
     (["--model", "nosuchpkg.mod:fn"], "cannot import module 'nosuchpkg.mod'"),
-    (["--model", "tinymod:nothing"], "module 'tinymod' has no 'nothing'"),
+    (["--model", "tinymod:nothing"], "has no 'nothing'"),
     (["--model", "tinymod:broken"], "model factory 'tinymod:broken' raised RuntimeError: weights server unreachable"),
     (["--model", "lenet_sigmoid", "--bn", "train"], "bn_train on lenet_sigmoid_pack, which has no BatchNorm"),
     (["--batch-sizes", "0"], "batch_sizes=[0] (valid: positive integers)"),

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from giacheck.audit import RESULTS_JSONL, STATE_JSON, _cut_torn_line, _resume
 from giacheck.cli import main
+from giacheck.errors import GiacheckError
 from giacheck.models import registry
 
 GIACHECK = str(Path(sys.executable).with_name("giacheck"))
@@ -146,3 +148,22 @@ def test_no_subcommand_executes_torch_py_from_the_working_directory(workdir: Pat
         if args[0] == "audit":
             assert "batch size 11" in done.stderr, "vendor.py was imported from the working directory"
     assert (workdir / "pack").is_dir(), "init-pack imported vendor.py from the working directory"
+
+
+def test_a_torn_last_line_is_cut_so_the_next_record_starts_its_own_line(tmp_path: Path) -> None:
+    journal = tmp_path / RESULTS_JSONL
+    journal.write_bytes(b'{"a": 1}\n{"torn": ')
+    _cut_torn_line(journal)
+    assert journal.read_bytes() == b'{"a": 1}\n'
+    _cut_torn_line(journal)
+    assert journal.read_bytes() == b'{"a": 1}\n', "a whole journal is left as it is"
+
+
+def test_fresh_starts_over_even_when_the_state_is_unreadable(tmp_path: Path) -> None:
+    (tmp_path / STATE_JSON).write_text("garbage{")
+    (tmp_path / RESULTS_JSONL).write_text("{}\n")
+    with pytest.raises(GiacheckError, match="Use --fresh to start over"):
+        _resume(tmp_path, {"control": "c", "cases": []}, fresh=False)
+    assert (tmp_path / RESULTS_JSONL).is_file(), "refused: nothing removed"
+    assert _resume(tmp_path, {"control": "c", "cases": []}, fresh=True) == {}
+    assert not (tmp_path / RESULTS_JSONL).exists(), "--fresh discards the unfinished journal"
