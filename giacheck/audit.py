@@ -227,16 +227,21 @@ def _resume(out: Path, ident: dict[str, Any], *, fresh: bool) -> dict[str, CaseR
     if unfinished and not fresh:
         recorded = state.get("identity") or {}
         differs = sorted(k for k in set(recorded) | set(ident) if recorded.get(k) != ident.get(k))
-        kept = read_records(journal)
-        if differs:
+        try:
+            kept = read_records(journal)
+        except GiacheckError as exc:
+            raise GiacheckError(f"{exc}; the unfinished audit in --out {out} cannot be resumed from it. Use --fresh "
+                                "to start over (its finished cases are then discarded), or another --out.") from None
+        if differs and kept:  # an unfinished audit with no finished case holds nothing to lose
             shown = "; ".join(f"{k}: recorded {recorded.get(k)!r}, now {ident.get(k)!r}" for k in differs[:4])
             raise GiacheckError(
                 f"--out {out} holds an unfinished audit ({len(kept)} finished case(s) in {RESULTS_JSONL}) of another "
                 f"configuration ({shown}); nothing was run or written. Rerun with the same arguments (and the same "
                 "model code and weights) to resume it, add --fresh to discard it, or choose another --out.")
-        _cut_torn_line(journal)
-        wanted = {ident["control"], *ident["cases"]}
-        return {r.case_id: r for r in kept if r.case_id in wanted}
+        if kept:
+            _cut_torn_line(journal)
+            wanted = {ident["control"], *ident["cases"]}
+            return {r.case_id: r for r in kept if r.case_id in wanted}
     for name in (RESULTS_JSON, RESULTS_JSONL):
         path = out / name
         if path.is_file() and not path.is_symlink():
