@@ -120,7 +120,9 @@ _IMPORT_RE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*:{_IDENT}")
 
 
 def _check_profile(value: str) -> str | None:
-    return None if value in ("smoke", "paper") else "valid values are 'smoke' and 'paper'"
+    from giacheck.specs import PROFILES
+
+    return None if value in PROFILES else f"valid values are {' and '.join(map(repr, PROFILES))}"
 
 
 def _check_device(value: str) -> str | None:
