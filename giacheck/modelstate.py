@@ -6,8 +6,9 @@
   the client's batch and from every re-identification pool), each module's momentum restored afterwards. Weights
   stay at initialization; a model without BatchNorm (LayerNorm only) is unchanged, and the record says so.
 - ``warmN``: N plain SGD steps (momentum 0.9) on the auxiliary images from random initialization, in training
-  mode (so running statistics follow): *warm-started, not trained*. Cached per model, seed and recipe, in memory
-  and on disk (:func:`cache_dir`), so suites do not pay for it twice.
+  mode (so running statistics follow): *warm-started, not trained*. A model with BatchNorm trains in float64
+  (:func:`warm_recipe`). Cached per model, seed and recipe, in memory and on disk (:func:`cache_dir`), so suites
+  do not pay for it twice.
 - ``ckpt``: a local weights file (:func:`giacheck.models.weights.load_weights`); its sha256 is recorded.
 
 The auxiliary images are the server's: the attacker may know them, and scoring never uses them.
@@ -35,7 +36,7 @@ from giacheck.result import StateRecord
 from giacheck.specs import CALIBRATION_IMAGES, parse_state
 
 __all__ = ["AUXILIARY_COUNT", "WARM_RECIPE", "StateRecord", "auxiliary_images", "cache_dir", "calibrate_bn",
-           "file_sha256", "prepare_state", "warm_start"]
+           "file_sha256", "prepare_state", "warm_recipe", "warm_start"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,20 @@ CALIBRATION_CHUNK = 32  # views per calibration forward
 # The warm start's recipe: part of its cache key, recorded with every result.
 WARM_RECIPE = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 16,
                "bn_mode": "train"}
+# A BatchNorm network's float32 training amplifies rounding: weights perturbed by 1.2e-7 (relative) differ by 5 %
+# of their displacement after 10 steps of this recipe (resnet18_cifar, CPU), so two CPUs that round differently
+# warm-start two different networks. In float64 a 2.2e-16 perturbation stays at 1.4e-15 after 30 steps, and the
+# result rounded back to float32 is the same network on every machine. LayerNorm networks are stable in float32
+# (swin_t_cifar: 6e-5 after one step, 7e-6 after 10) and keep it: float64 costs 2.5-5x on a CPU.
+WARM_DTYPE_BN = "float64"
+
+
+def warm_recipe(model: nn.Module) -> dict[str, Any]:
+    """The recipe :func:`warm_start` follows for ``model``: :data:`WARM_RECIPE`, and ``dtype`` float64 for a model
+    with BatchNorm (float32 otherwise, left out)."""
+    return {**WARM_RECIPE, "dtype": WARM_DTYPE_BN} if batchnorms(model) else dict(WARM_RECIPE)
+
+
 _MEMORY: dict[str, dict[str, torch.Tensor]] = {}  # calibrated and warm state dicts made in this process, by key
 
 
@@ -99,11 +114,23 @@ def calibrate_bn(model: nn.Module, images: torch.Tensor, *, chunk: int = CALIBRA
 
 
 def warm_start(model: nn.Module, batch: ImageBatch, *, steps: int, seed: int, targets: Any) -> None:
-    """``steps`` SGD steps (:data:`WARM_RECIPE`) on shuffled mini-batches of ``batch`` in training mode, in place;
-    the order is seeded by ``seed``."""
+    """``steps`` SGD steps (:func:`warm_recipe`) on shuffled mini-batches of ``batch`` in training mode, in place;
+    the order is seeded by ``seed``. A model with BatchNorm trains in float64 and is rounded back to its dtype."""
+    recipe = warm_recipe(model)
+    dtype = getattr(torch, recipe.get("dtype", "float32"))
+    original = next(model.parameters()).dtype
+    images = batch.images.to(next(model.parameters()).device, dtype)
+    model.to(dtype)
+    try:
+        _sgd_steps(model, images, targets, steps=steps, seed=seed, recipe=recipe)
+    finally:
+        model.to(original)
+
+
+def _sgd_steps(model: nn.Module, images: torch.Tensor, targets: Any, *, steps: int, seed: int,
+               recipe: dict[str, Any]) -> None:
     from giacheck.client import loss_of
 
-    recipe = WARM_RECIPE
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=recipe["lr"], momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
     loss_fn = loss_of(model)
@@ -113,10 +140,10 @@ def warm_start(model: nn.Module, batch: ImageBatch, *, steps: int, seed: int, ta
     order = torch.empty(0, dtype=torch.int64)
     for _ in range(steps):
         if len(order) < recipe["batch_size"]:
-            order = torch.cat([order, torch.randperm(len(batch.names), generator=gen)])
+            order = torch.cat([order, torch.randperm(len(images), generator=gen)])
         take, order = order[: recipe["batch_size"]], order[recipe["batch_size"]:]
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(batch.images[take]), targets[take]).backward()
+        loss_fn(model(images[take]), targets[take]).backward()
         opt.step()
     model.train(training)
 
@@ -194,7 +221,7 @@ def prepare_state(model: nn.Module, state: str, *, source: ImageSource, images: 
             cache = "computed"
     return StateRecord(**common, label=f"warm-started, not trained: {steps} SGD steps on {len(views.names)} views "
                        f"of {', '.join(images)}", images=images, views=len(views.names), steps=steps,
-                       recipe=dict(WARM_RECIPE), cache=cache, changed=True, bn_modules=len(batchnorms(model)),
+                       recipe=warm_recipe(model), cache=cache, changed=True, bn_modules=len(batchnorms(model)),
                        seconds=time.perf_counter() - start)
 
 
@@ -217,7 +244,7 @@ def _state_key(model: nn.Module, name: str, resolution: int, seed: int, state: s
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     digest.update(views.images.numpy().tobytes())
     meta = {"model": name, "resolution": resolution, "seed": seed, "state": state, "views": list(views.names),
-            "labels": views.labels.tolist(), "recipe": WARM_RECIPE, "torch": torch.__version__,
+            "labels": views.labels.tolist(), "recipe": warm_recipe(model), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": str(next(model.parameters()).device)}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     return digest.hexdigest()[:32]

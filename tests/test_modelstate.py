@@ -220,7 +220,8 @@ def test_warm_start_is_cached_and_reused(tmp_path: Path) -> None:
                                           resolution=16, model_seed=3, pinned_seed=None,
                                           task=get_task("classification"), model_name=TINY, weights=None,
                                           device=torch.device("cpu"))
-        assert record.steps == 4 and record.recipe == modelstate.WARM_RECIPE and "not trained" in record.label
+        assert record.steps == 4 and "not trained" in record.label
+        assert record.recipe == {**modelstate.WARM_RECIPE, "dtype": "float64"}, "a BatchNorm model trains in float64"
         return {k: v.clone() for k, v in model.state_dict().items()}, record.cache
 
     random_init = build(TINY, 16, seed=3).state_dict()
@@ -236,6 +237,25 @@ def test_warm_start_is_cached_and_reused(tmp_path: Path) -> None:
     modelstate._MEMORY.clear()
     again, how = warm()
     assert how == "computed" and all(torch.equal(first[k], again[k]) for k in first), "a bad cache file is redone"
+
+
+def test_warm_start_of_a_batchnorm_model_runs_in_float64_and_returns_float32() -> None:
+    source = open_source("bundled", num_classes=10)
+    views = modelstate.auxiliary_views(source, ("astronaut",), 16)
+    model = build(TINY, 16, seed=3)
+    reference = build(TINY, 16, seed=3).double()
+    modelstate.warm_start(model, views, steps=3, seed=0, targets=views.labels)
+    modelstate._sgd_steps(reference, views.images.double(), views.labels, steps=3, seed=0,
+                          recipe=modelstate.warm_recipe(reference))
+    assert all(v.dtype in (torch.float32, torch.int64) for v in model.state_dict().values())
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value.to(model.state_dict()[key].dtype)), key
+
+
+def test_warm_recipe_names_float64_only_where_there_is_batchnorm() -> None:
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
+    assert modelstate.warm_recipe(plain) == modelstate.WARM_RECIPE
+    assert modelstate.warm_recipe(build(TINY, 16, seed=0))["dtype"] == "float64"
 
 
 def test_warm_start_refuses_a_detection_model_before_compute() -> None:
