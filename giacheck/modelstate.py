@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 AUXILIARY_COUNT = 3  # auxiliary images of a source other than the bundled one (its last images outside the batch)
 AUXILIARY_VIEWS = 126  # views of the auxiliary images (flips and crops, as in the re-identification pool)
 CALIBRATION_CHUNK = 32  # views per calibration forward
-# The warm start's recipe: part of its cache key, recorded with every result.
+# The warm start's recipe (warm_recipe adds the dtype a model trains in): part of its cache key, recorded with every
+# result.
 WARM_RECIPE = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 16,
                "bn_mode": "train"}
 # A BatchNorm network's float32 training amplifies rounding: weights perturbed by 1.2e-7 (relative) differ by 5 %
@@ -56,8 +58,10 @@ WARM_DTYPE_BN = "float64"
 
 def warm_recipe(model: nn.Module) -> dict[str, Any]:
     """The recipe :func:`warm_start` follows for ``model``: :data:`WARM_RECIPE`, and ``dtype`` float64 for a model
-    with BatchNorm (float32 otherwise, left out)."""
-    return {**WARM_RECIPE, "dtype": WARM_DTYPE_BN} if batchnorms(model) else dict(WARM_RECIPE)
+    with BatchNorm (tracking running statistics or not); without one the model trains in its own dtypes and the
+    recipe names none."""
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return {**WARM_RECIPE, "dtype": WARM_DTYPE_BN} if has_bn else dict(WARM_RECIPE)
 
 
 _MEMORY: dict[str, dict[str, torch.Tensor]] = {}  # calibrated and warm state dicts made in this process, by key
@@ -115,16 +119,25 @@ def calibrate_bn(model: nn.Module, images: torch.Tensor, *, chunk: int = CALIBRA
 
 def warm_start(model: nn.Module, batch: ImageBatch, *, steps: int, seed: int, targets: Any) -> None:
     """``steps`` SGD steps (:func:`warm_recipe`) on shuffled mini-batches of ``batch`` in training mode, in place;
-    the order is seeded by ``seed``. A model with BatchNorm trains in float64 and is rounded back to its dtype."""
+    the order is seeded by ``seed``. A model with BatchNorm trains in float64, each tensor rounded back to its own
+    dtype afterwards (also when training fails); any other model trains in its own dtypes."""
     recipe = warm_recipe(model)
-    dtype = getattr(torch, recipe.get("dtype", "float32"))
-    original = next(model.parameters()).dtype
-    images = batch.images.to(next(model.parameters()).device, dtype)
-    model.to(dtype)
+    device = next(model.parameters()).device
+    targets = targets.to(device) if isinstance(targets, torch.Tensor) else targets
+    if "dtype" not in recipe:
+        _sgd_steps(model, batch.images.to(device, next(model.parameters()).dtype), targets, steps=steps, seed=seed,
+                   recipe=recipe)
+        return
+    dtype = getattr(torch, recipe["dtype"])
+    own = {name: t.dtype for name, t in itertools.chain(model.named_parameters(), model.named_buffers())}
     try:
-        _sgd_steps(model, images, targets, steps=steps, seed=seed, recipe=recipe)
+        model.to(dtype)
+        _sgd_steps(model, batch.images.to(device, dtype), targets, steps=steps, seed=seed, recipe=recipe)
     finally:
-        model.to(original)
+        with torch.no_grad():
+            for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+                if t.dtype != own[name]:
+                    t.data = t.data.to(own[name])
 
 
 def _sgd_steps(model: nn.Module, images: torch.Tensor, targets: Any, *, steps: int, seed: int,
@@ -138,14 +151,16 @@ def _sgd_steps(model: nn.Module, images: torch.Tensor, targets: Any, *, steps: i
     training = model.training
     model.train()
     order = torch.empty(0, dtype=torch.int64)
-    for _ in range(steps):
-        if len(order) < recipe["batch_size"]:
-            order = torch.cat([order, torch.randperm(len(images), generator=gen)])
-        take, order = order[: recipe["batch_size"]], order[recipe["batch_size"]:]
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(images[take]), targets[take]).backward()
-        opt.step()
-    model.train(training)
+    try:
+        for _ in range(steps):
+            if len(order) < recipe["batch_size"]:
+                order = torch.cat([order, torch.randperm(len(images), generator=gen)])
+            take, order = order[: recipe["batch_size"]], order[recipe["batch_size"]:]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(images[take]), targets[take]).backward()
+            opt.step()
+    finally:
+        model.train(training)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

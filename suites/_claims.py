@@ -18,11 +18,14 @@ CALIBRATED = "bncal"
 
 # The 32×32 Swin-T's smoke verdicts depend on how a CPU rounds, not on the code: the same warm-started network
 # (LayerNorm training is stable in float32: a 1.2e-7 perturbation of the initialization falls to 7e-6 of the
-# displacement in 10 steps) gave rocket SSIM 0.548, rank 1 of 257, on one AMD EPYC and 0.395, rank 14 (p 0.055),
-# on another (CI, same commit); its bs2 case 0.180 and 0.240, its p = 0.8 start rank 4 and re-identified. With 2
-# trials per case a CI gate cannot judge it; the paper profile's 3 images x 3 seeds do.
+# displacement in 10 steps) gave rocket SSIM 0.548, rank 1 of 257, on an Intel Xeon and 0.395, rank 14 (p 0.054),
+# on an AMD EPYC (same attack code); its bs2 case's most leaking image rocket 0.176 (rank 51) and zidane 0.240
+# (rank 7); from the p = 0.8 start zidane stayed below its start's denoiser on one and not on the other. With 2
+# trials per case a CI gate cannot judge it; the paper profile's 3 images x 3 seeds do. SwinV2-T failed on both
+# (rank 9 and 8 of 257): its strict xfail stays in smoke.
 SWIN_32_SMOKE = ("in smoke the 32x32 Swin-T's verdict flips with float rounding (rocket SSIM 0.548, rank 1 of 257 on "
-                 "one CPU; 0.395, rank 14 on another, same code and warm start): 2 trials cannot judge it")
+                 "an Intel Xeon; 0.395, rank 14 on an AMD EPYC, same attack code and warm start): 2 trials cannot "
+                 "judge it")
 
 S = f"-state_{STATE}"  # appended to a case id that ends with its stats axis
 CONTROL_32 = f"resnet18_cifar-32-bn_eval-bs1-stats_none{S}"  # the positive control at 32×32 (eval-mode BN, bs1)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 from _claims import STATE
 
-from giacheck.specs import RunOptions, case_id
+from giacheck.specs import case_id
 
 LADDER = [round(0.1 * i, 1) for i in range(11)]
 NOISY = 0.6  # rungs with p >= NOISY: the paper's robust models recover no object-level structure from there
@@ -36,8 +36,8 @@ def _gains(trials) -> list[tuple[str, float, float, float]]:
     return [(r.reid.image, r.threat.init_ssim, r.threat.denoised_ssim, r.ssim_mean) for r in trials.results]
 
 
-def _recovers(gia, case: str, options: RunOptions | None = None) -> None:
-    trials = gia.feasible(case, options=options)
+def _recovers(gia, case: str) -> None:
+    trials = gia.feasible(case)
     short = [g for g in _gains(trials) if g[3] <= g[2] and g[1] < 0.999]  # rung 0 starts at the truth itself
     assert not short, (f"{case}: the reconstruction does not beat the best gradient-free denoiser of its start on "
                        + ", ".join(f"{i} (start {s:.3f}, denoised {d:.3f}, reconstruction {r:.3f})"
@@ -47,7 +47,8 @@ def _recovers(gia, case: str, options: RunOptions | None = None) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("p", LADDER)
 def test_swin_ladder(gia, p: float) -> None:
-    gia.require_profile("paper", "the full ladder is 11 attacks per architecture")
+    gia.require_profile("paper", "the full ladder is 11 attacks per architecture, and in smoke the 32x32 "
+                        "Swin-T's verdict flips with float rounding (_claims.SWIN_32_SMOKE)")
     _recovers(gia, case_id("swin_t_cifar", 32, bn="eval", bs=1, stats="none", init=p, state=STATE))
 
 

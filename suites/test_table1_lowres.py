@@ -9,7 +9,8 @@ Negative claims are conclusive only with a positive control under the same budge
 inference-mode ResNet-18 (``CONTROL_32``) and, where the suite has one, the same architecture with the enabler
 (ConvNeXt-T's unadapted stem, MaxViT-T's inference-mode update). ViT-B/16 and MaxViT-T at 32×32 cost
 0.75–1.3 s per iteration on a CPU, so their verdicts come from ``paper``; so does the Swin family's, whose smoke
-verdict flips with float rounding (``_claims.SWIN_32_SMOKE``). MaxViT-T has BatchNorm: its claim is
+verdict flips with float rounding (``_claims.SWIN_32_SMOKE``); SwinV2-T failed on both CPUs measured and
+stays a strict xfail in smoke. MaxViT-T has BatchNorm: its claim is
 about the training-mode update (below).
 """
 
@@ -21,9 +22,15 @@ from _claims import CONTROL_32, STATE, SWIN_32_SMOKE, S
 from giacheck.specs import case_id
 
 
-@pytest.mark.parametrize("model", ["swin_t_cifar", "swinv2_t_cifar"])
+@pytest.mark.parametrize("model", ["swin_t_cifar", pytest.param("swinv2_t_cifar", marks=pytest.mark.xfail(
+    strict=True, reason=(
+        "not reproduced in smoke, warm-started, on either CPU measured: no image re-identified — most leaking image "
+        "rocket SSIM 0.441, rank 9 of 257 (p 0.035 > 0.025) on an Intel Xeon, 0.426, rank 8 on an AMD EPYC; content "
+        "displaced (patch-matched p 0.008), information-limited (objective 0.0009 below the truth's 0.0013); at "
+        "random initialization it re-identified rocket at rank 2 (README, model-state table)")))])
 def test_adapted_swin_family_feasible(gia, model: str) -> None:
-    gia.require_profile("paper", SWIN_32_SMOKE)
+    if model == "swin_t_cifar":
+        gia.require_profile("paper", SWIN_32_SMOKE)
     gia.feasible(case_id(model, 32, bn="eval", bs=1, stats="none", state=STATE))
 
 

@@ -252,10 +252,36 @@ def test_warm_start_of_a_batchnorm_model_runs_in_float64_and_returns_float32() -
         assert torch.equal(model.state_dict()[key], value.to(model.state_dict()[key].dtype)), key
 
 
+def test_warm_start_without_batchnorm_keeps_the_model_dtype_and_a_failure_restores_dtype_and_mode() -> None:
+    source = open_source("bundled", num_classes=10)
+    views = modelstate.auxiliary_views(source, ("astronaut",), 8)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.Flatten(),
+                                torch.nn.Linear(144, 10)).double()
+    modelstate.warm_start(plain, views, steps=2, seed=0, targets=views.labels)
+    assert all(p.dtype == torch.float64 for p in plain.parameters()), "no BatchNorm: trains in its own dtype"
+
+    class Breaks(torch.nn.Module):  # BatchNorm (so float64 training), a half-precision head, a failing forward
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = torch.nn.BatchNorm2d(3)
+            self.head = torch.nn.Linear(3, 10).half()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("boom")
+
+    model = Breaks().eval()
+    with pytest.raises(RuntimeError, match="boom"):
+        modelstate.warm_start(model, views, steps=1, seed=0, targets=views.labels)
+    assert model.bn.weight.dtype == torch.float32 and model.bn.running_mean.dtype == torch.float32
+    assert model.head.weight.dtype == torch.float16 and not model.training, "each tensor's dtype and the mode back"
+
+
 def test_warm_recipe_names_float64_only_where_there_is_batchnorm() -> None:
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
     assert modelstate.warm_recipe(plain) == modelstate.WARM_RECIPE
     assert modelstate.warm_recipe(build(TINY, 16, seed=0))["dtype"] == "float64"
+    untracked = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False))
+    assert modelstate.warm_recipe(untracked)["dtype"] == "float64", "batch statistics alone amplify rounding"
 
 
 def test_warm_start_refuses_a_detection_model_before_compute() -> None:
