@@ -111,7 +111,7 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str, progres
     """
     from giacheck.challenge import CaseTrials, trial_options
     from giacheck.models import get_entry
-    from giacheck.runner import resolve_device, run_case
+    from giacheck.runner import resolve_device, run_trials
 
     out = Path(out)
     check_output_folder(out, command="giacheck audit", consequence="nothing was run or written")
@@ -146,8 +146,9 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str, progres
         def run(case: Any, options: Any) -> tuple[CaseTrials, float]:
             start = time.perf_counter()
             entry = get_entry(Case.parse(case).model.name if isinstance(case, str) else case.model.name)
-            results = [run_case(case, profile=profile, device=device, options=o)
-                       for o in trial_options(options, challenge, num_classes=entry.num_classes, task=entry.task)]
+            results = run_trials(case, profile=profile, device=device,
+                                 options=trial_options(options, challenge, num_classes=entry.num_classes,
+                                                       task=entry.task))
             return CaseTrials.of(results, selection=challenge.selection), time.perf_counter() - start
 
         if done:

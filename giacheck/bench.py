@@ -1,20 +1,28 @@
-"""Benchmarks that print numbers (``giacheck bench``): attack cost relative to training and to a bare loop.
+"""Benchmarks that print numbers (``giacheck bench``): what attacks cost, and what stacking them saves.
 
-Measured side by side in one process, on the same model and input (resnet18_cifar, 32×32, bs1, eval mode):
+Per model (resnet18_cifar, swin_t_cifar, convnext_t_cifar at 32×32; with ``--device cuda`` also Swin-T and
+ResNet-18 at 224×224), on the same weights, images and budget (eval-mode clients, bs1), side by side in one
+process:
 
-(a) attack iteration ÷ client training step;
-(b) giacheck's attack iteration ÷ a bare, hand-written autograd loop of the same math;
-(c) throughput of R=4 restarts batched (vmap) ÷ 4 restarts run one after another.
+- one attack's iteration ÷ the client's training step, and ÷ a bare, hand-written autograd loop of the same math;
+- K = 8 trials (8 private images, one attack each) stacked (``attack/trials.py``) against the same 8 run one
+  after another: seconds per iteration of all 8, and the speed-up. Where the math or the device does not allow
+  stacking, the row names the reason and the 8 run one after another (speed-up ≈ 1);
+- with ``memory=True``, the peak resident memory (CPU; peak allocated memory on CUDA) of each of the two, each
+  measured in a fresh process.
+
+Times cover the attack loop (``Reconstruction.seconds``), not the replica's one-off setup. Each figure is the
+median over ``repeats`` interleaved rounds, so drifts in machine load hit every contender alike.
 
 ``giacheck bench --kernels`` measures instead, per model, an attack iteration with stock PyTorch ÷ one with
 giacheck's kernels: the depthwise convolution for the second-order pass (``attack/kernels.py``) and the
 factored update distance (``attack/lowrank.py``).
-
-Each figure is the median over ``repeats`` interleaved rounds, so drifts in machine load hit both sides.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -22,75 +30,108 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from giacheck.attack import invert
+from giacheck.attack import Trial, invert, invert_trials
 from giacheck.attack.kernels import stock_kernels
+from giacheck.attack.trials import StackedReplica
 from giacheck.client import simulate_update
 from giacheck.data import BundledImages, select_batch
 from giacheck.models import build
 from giacheck.specs import AttackSpec, BNMode, ClientSpec
 
-__all__ = ["KERNEL_MODELS", "BenchResult", "KernelBench", "run_bench", "run_kernel_bench"]
+__all__ = ["GPU_MODELS", "KERNEL_MODELS", "TRIAL_MODELS", "KernelBench", "TrialBench", "run_bench",
+           "run_kernel_bench"]
+
+TRIALS = 8
+TRIAL_MODELS = (("resnet18_cifar", 32), ("swin_t_cifar", 32), ("convnext_t_cifar", 32))
+GPU_MODELS = (("swin_t", 224), ("resnet18", 224))  # added on a GPU, where stacking matters most
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BenchResult:
-    """Seconds per iteration of each contender and the three ratios."""
+class TrialBench:
+    """One model's row: seconds per iteration of each contender and the ratios."""
 
     model: str
+    resolution: int
     device: str
+    trials: int
     train_step_s: float
     attack_iter_s: float
     bare_iter_s: float
-    sequential4_iter_s: float
-    batched4_iter_s: float
+    sequential_iter_s: float  # all ``trials`` attacks, one after another
+    batched_iter_s: float  # all ``trials`` attacks, stacked
+    speedup: float
     attack_over_train: float
     giacheck_over_bare: float
-    batched_speedup: float
+    stacked: bool
+    fallback: str | None  # why the trials ran one after another, where they did
+    peak_sequential_mb: float | None = None
+    peak_batched_mb: float | None = None
 
-    def to_dict(self) -> dict[str, float | str]:
+    def to_dict(self) -> dict[str, float | str | bool | None]:
         return asdict(self)
 
 
-def _train_step_seconds(model, images, labels, steps: int) -> float:
-    net = build("resnet18_cifar", images.shape[-1]).to(images.device)
-    net.load_state_dict(model.state_dict())
-    net.eval()
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    start = time.perf_counter()
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(images), labels).backward()
-        opt.step()
-    _sync(images.device)
-    return (time.perf_counter() - start) / steps
+class _Setting:
+    """A model with ``trials`` clients (one bundled image each) and their updates, on one device."""
 
+    def __init__(self, name: str, resolution: int, device: torch.device, trials: int) -> None:
+        pool = select_batch(BundledImages(10), batch_size=trials, size=resolution)
+        self.model = build(name, resolution).to(device)
+        self.images = pool.images.to(device).unsqueeze(1)  # (trials, 1, C, H, W)
+        self.labels = [y.reshape(1) for y in pool.labels.to(device)]
+        self.updates = [simulate_update(self.model, x, y, ClientSpec(bn_mode=BNMode.EVAL))
+                        for x, y in zip(self.images, self.labels, strict=True)]
+        self.trials = [Trial(update=u, labels=y, seed=i)
+                       for i, (u, y) in enumerate(zip(self.updates, self.labels, strict=True))]
+        self.device = device
 
-def _bare_loop_seconds(model, update, labels, steps: int) -> float:
-    """The same attack written by hand: autograd double backward, cosine, TV, signed Adam, clamp."""
-    net = model.eval()
-    params = list(net.parameters())
-    target = list(update.tensors.values())
-    target_norm = torch.sqrt(sum(t.pow(2).sum() for t in target))
-    x = torch.rand(update.input_shape, device=target[0].device, requires_grad=True)
-    opt = torch.optim.Adam([x], lr=0.1)
-    start = time.perf_counter()
-    for _ in range(steps):
-        grads = torch.autograd.grad(F.cross_entropy(net(x), labels), params, create_graph=True)
-        dot = sum((g * t).sum() for g, t in zip(grads, target, strict=True))
-        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-        tv = (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-        loss = 1 - dot / (norm * target_norm) + 1e-2 * tv
-        x.grad = torch.autograd.grad(loss, x)[0].sign()
-        opt.step()
-        with torch.no_grad():
-            x.clamp_(0, 1)
-    _sync(x.device)
-    return (time.perf_counter() - start) / steps
+    def attack(self, steps: int, trials: list[Trial]) -> float:
+        """Seconds per iteration of the attacks of ``trials`` (stacked where the engine allows it)."""
+        recs = invert_trials(self.model, trials, spec=AttackSpec(iterations=steps))
+        return sum(r.seconds for r in recs) / steps
 
+    def sequential(self, steps: int) -> float:
+        return sum(self.attack(steps, [t]) for t in self.trials)
 
-def _attack_seconds(model, update, labels, steps: int, restarts: int, batched: bool) -> float:
-    spec = AttackSpec(iterations=steps, restarts=restarts, batched_restarts=batched)
-    return invert(model, update, labels=labels, spec=spec).seconds / steps
+    def train_step(self, steps: int) -> float:
+        net = self.model
+        mode = net.training
+        net.eval()
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: the weights stay those the updates were made on
+        try:
+            start = time.perf_counter()
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(net(self.images[0]), self.labels[0]).backward()
+                opt.step()
+            _sync(self.device)
+            return (time.perf_counter() - start) / steps
+        finally:
+            opt.zero_grad(set_to_none=True)
+            net.train(mode)
+
+    def bare(self, steps: int) -> float:
+        """The same attack written by hand: autograd double backward, cosine, TV, signed Adam, clamp."""
+        net = self.model.eval()
+        params = list(net.parameters())
+        target = list(self.updates[0].tensors.values())
+        target_norm = torch.sqrt(sum(t.pow(2).sum() for t in target))
+        labels = self.labels[0]
+        x = torch.rand(self.updates[0].input_shape, device=self.device, requires_grad=True)
+        opt = torch.optim.Adam([x], lr=0.1)
+        start = time.perf_counter()
+        for _ in range(steps):
+            grads = torch.autograd.grad(F.cross_entropy(net(x), labels), params, create_graph=True)
+            dot = sum((g * t).sum() for g, t in zip(grads, target, strict=True))
+            norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+            tv = (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+            loss = 1 - dot / (norm * target_norm) + 1e-2 * tv
+            x.grad = torch.autograd.grad(loss, x)[0].sign()
+            opt.step()
+            with torch.no_grad():
+                x.clamp_(0, 1)
+        _sync(self.device)
+        return (time.perf_counter() - start) / steps
 
 
 def _sync(device: torch.device) -> None:
@@ -98,29 +139,57 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_bench(*, device: str = "cpu", steps: int = 10, repeats: int = 3, resolution: int = 32) -> BenchResult:
-    """Measure (a), (b), (c) on resnet18_cifar, eval-mode client, bs1; see the module docstring."""
+def run_bench(models: tuple[tuple[str, int], ...] | None = None, *, device: str = "cpu", steps: int = 10,
+              repeats: int = 3, trials: int = TRIALS, memory: bool = False) -> list[TrialBench]:
+    """One :class:`TrialBench` per model (default :data:`TRIAL_MODELS`, plus :data:`GPU_MODELS` on CUDA)."""
     dev = torch.device(device)
-    batch = select_batch(BundledImages(10), batch_size=1, size=resolution)
-    images, labels = batch.images.to(dev), batch.labels.to(dev)
-    model = build("resnet18_cifar", resolution).to(dev)
-    update = simulate_update(model, images, labels, ClientSpec(bn_mode=BNMode.EVAL))
-    contenders = {
-        "train": lambda: _train_step_seconds(model, images, labels, steps),
-        "attack": lambda: _attack_seconds(model, update, labels, steps, 1, False),
-        "bare": lambda: _bare_loop_seconds(model, update, labels, steps),
-        "seq4": lambda: _attack_seconds(model, update, labels, steps, 4, False),
-        "batch4": lambda: _attack_seconds(model, update, labels, steps, 4, True),
-    }
-    med = _interleaved_medians(contenders, repeats)
-    return BenchResult(
-        model="resnet18_cifar", device=str(dev),
+    if models is None:
+        models = TRIAL_MODELS + (GPU_MODELS if dev.type == "cuda" else ())
+    return [_bench_model(name, resolution, dev, steps, repeats, trials, memory) for name, resolution in models]
+
+
+def _bench_model(name: str, resolution: int, dev: torch.device, steps: int, repeats: int, trials: int,
+                 memory: bool) -> TrialBench:
+    setting = _Setting(name, resolution, dev, trials)
+    stacked, fallback = StackedReplica.build(setting.model, setting.updates, setting.labels, [None] * trials)
+    med = _interleaved_medians({
+        "train": lambda: setting.train_step(steps),
+        "attack": lambda: setting.attack(steps, setting.trials[:1]),
+        "bare": lambda: setting.bare(steps),
+        "sequential": lambda: setting.sequential(steps),
+        "batched": lambda: setting.attack(steps, setting.trials),
+    }, repeats)
+    peaks = {path: _peak_memory(name, resolution, str(dev), trials, path) for path in ("sequential", "batched")} \
+        if memory else {}
+    return TrialBench(
+        model=name, resolution=resolution, device=str(dev), trials=trials,
         train_step_s=med["train"], attack_iter_s=med["attack"], bare_iter_s=med["bare"],
-        sequential4_iter_s=med["seq4"], batched4_iter_s=med["batch4"],
-        attack_over_train=med["attack"] / med["train"],
-        giacheck_over_bare=med["attack"] / med["bare"],
-        batched_speedup=med["seq4"] / med["batch4"],
-    )
+        sequential_iter_s=med["sequential"], batched_iter_s=med["batched"],
+        speedup=med["sequential"] / med["batched"], attack_over_train=med["attack"] / med["train"],
+        giacheck_over_bare=med["attack"] / med["bare"], stacked=stacked is not None, fallback=fallback,
+        peak_sequential_mb=peaks.get("sequential"), peak_batched_mb=peaks.get("batched"))
+
+
+def _peak_memory(name: str, resolution: int, device: str, trials: int, path: str) -> float:
+    """Peak memory (MB) of two iterations of one path, in a fresh process (a process's peak only grows)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_measure_peak, (name, resolution, device, trials, path, torch.get_num_threads()))
+
+
+def _measure_peak(name: str, resolution: int, device: str, trials: int, path: str, threads: int) -> float:
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    setting = _Setting(name, resolution, dev, trials)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    if path == "batched":
+        setting.attack(2, setting.trials)
+    else:
+        setting.sequential(2)
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,12 +227,16 @@ def _kernel_bench(name: str, dev: torch.device, images, labels, steps: int, repe
 
     def stock() -> float:
         with stock_kernels():
-            return _attack_seconds(model, update, labels, steps, 1, False)
+            return _attack_seconds(model, update, labels, steps)
 
-    med = _interleaved_medians({"stock": stock, "kernels": lambda: _attack_seconds(model, update, labels, steps, 1,
-                                                                                    False)}, repeats)
+    med = _interleaved_medians({"stock": stock, "kernels": lambda: _attack_seconds(model, update, labels, steps)},
+                               repeats)
     return KernelBench(model=name, device=str(dev), stock_iter_s=med["stock"], kernels_iter_s=med["kernels"],
                        speedup=med["stock"] / med["kernels"])
+
+
+def _attack_seconds(model, update, labels, steps: int) -> float:
+    return invert(model, update, labels=labels, spec=AttackSpec(iterations=steps)).seconds / steps
 
 
 def _interleaved_medians(contenders: dict, repeats: int) -> dict[str, float]:

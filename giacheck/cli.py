@@ -100,11 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     signal.add_argument("--image", help="the private image the client's batch starts with")
     signal.add_argument("--seed", type=_SEED, default=0)
     signal.add_argument("--weights", type=Path, help="local weights file (the case runs at state ckpt)")
-    bench = sub.add_parser("bench", help="measure attack cost ratios (see giacheck.bench)")
+    bench = sub.add_parser("bench", help="measure attack cost: per iteration, against training, stacked trials "
+                           "against one after another (see giacheck.bench)")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--steps", type=_POSITIVE, default=10, help="iterations per timed run")
     bench.add_argument("--repeats", type=_POSITIVE, default=3, help="interleaved rounds; medians are reported")
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--models", nargs="+", metavar="MODEL",
+                       help="models to measure (default: resnet18_cifar swin_t_cifar convnext_t_cifar at 32 px, "
+                            "plus swin_t and resnet18 at 224 px with a CUDA device)")
+    bench.add_argument("--resolution", type=_POSITIVE, help="input size for --models (default: each model's own)")
+    bench.add_argument("--trials", type=_POSITIVE, default=8, help="attacks stacked against run in a row")
+    bench.add_argument("--memory", action="store_true",
+                       help="also the peak memory of the stacked and the sequential path (each in a fresh process)")
     bench.add_argument("--kernels", nargs="*", metavar="MODEL",
                        help="attack iterations with stock PyTorch vs giacheck's kernels (depthwise convolution, "
                             "factored update distance), per model (default: resnet18_cifar swin_t_cifar "
@@ -364,25 +372,39 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from giacheck.bench import run_bench
+    from giacheck.models import get_entry
     from giacheck.runner import resolve_device
 
     resolve_device(args.device)
     if args.kernels is not None:
         return _bench_kernels(args)
-    result = run_bench(device=args.device, steps=args.steps, repeats=args.repeats)
+    models = None
+    if args.models:
+        models = tuple((name, get_entry(name).default_size if args.resolution is None else args.resolution)
+                       for name in args.models)  # an unknown model fails here, before any compute
+    rows = run_bench(models, device=args.device, steps=args.steps, repeats=args.repeats, trials=args.trials,
+                     memory=args.memory)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+        print(json.dumps({"threads": torch.get_num_threads(), "models": [r.to_dict() for r in rows]}, indent=2,
+                         sort_keys=True))
         return 0
-    print(f"model {result.model} @32 bs1 eval, device {result.device}")
-    print(f"  train step           {result.train_step_s * 1e3:8.1f} ms")
-    print(f"  attack iteration     {result.attack_iter_s * 1e3:8.1f} ms")
-    print(f"  bare autograd loop   {result.bare_iter_s * 1e3:8.1f} ms")
-    print(f"  4 restarts, loop     {result.sequential4_iter_s * 1e3:8.1f} ms / iteration")
-    print(f"  4 restarts, batched  {result.batched4_iter_s * 1e3:8.1f} ms / iteration")
-    print(f"(a) attack / train    {result.attack_over_train:6.2f}   (target <= 3.0)")
-    print(f"(b) giacheck / bare   {result.giacheck_over_bare:6.2f}   (target <= 1.10)")
-    print(f"(c) batched speed-up  {result.batched_speedup:6.2f}   (target >= 1.3)")
+    print(f"one attack and {rows[0].trials} attacks (one private image each, bs1, eval-mode client), device "
+          f"{rows[0].device}, {torch.get_num_threads()} thread(s); ms per iteration, medians of {args.repeats} "
+          "interleaved rounds")
+    print(f"  {'model':24} {'train':>7} {'attack':>7} {'bare':>7} {'x train':>7} {'x bare':>7} "
+          f"{'8 in a row':>10} {'8 stacked':>10} {'speed-up':>8}  peak MB (row / stacked)")
+    for r in rows:
+        peaks = (f"{r.peak_sequential_mb:.0f} / {r.peak_batched_mb:.0f}" if r.peak_batched_mb is not None
+                 else "-")
+        print(f"  {r.model + '@' + str(r.resolution):24} {r.train_step_s * 1e3:7.1f} {r.attack_iter_s * 1e3:7.1f} "
+              f"{r.bare_iter_s * 1e3:7.1f} {r.attack_over_train:7.2f} {r.giacheck_over_bare:7.2f} "
+              f"{r.sequential_iter_s * 1e3:10.1f} {r.batched_iter_s * 1e3:10.1f} {r.speedup:8.2f}  {peaks}")
+    for r in rows:
+        if r.fallback:
+            print(f"  {r.model}: runs one after another: {r.fallback}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,6 +20,7 @@ from giacheck.attack import (
     Attack,
     NormTarget,
     Reconstruction,
+    Trial,
     infer_batch_stats,
     infer_labels,
     make_attack,
@@ -54,7 +56,7 @@ from giacheck.tasks import Task, get_task
 from giacheck.validation import check_case
 
 # controlled_init: from giacheck.ladder
-__all__ = ["Result", "controlled_init", "image_signal", "resolve_device", "run_case"]
+__all__ = ["Result", "controlled_init", "image_signal", "resolve_device", "run_case", "run_trials"]
 
 
 
@@ -110,10 +112,50 @@ def run_case(
     Raises:
         GiacheckError: an invalid case, model, dataset, attack or update, before the attack runs.
     """
+    return run_trials(case, profile=profile, device=device, options=[options or RunOptions()], weights=weights)[0]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Pending:
+    """One trial up to its attack: the setup, the client's update, what the attacker knows, durations so far."""
+
+    setup: _Setup
+    update: ClientUpdate
+    knowledge: _Knowledge
+    durations: tuple[float, float, float]  # build, client, prepare (seconds)
+
+
+def run_trials(
+    case: Case | str,
+    *,
+    options: Sequence[RunOptions],
+    profile: str = "smoke",
+    device: str = "cpu",
+    weights: str | None = None,
+) -> list[Result]:
+    """Run one case's trials (one :class:`RunOptions` each: a private image under a seed), in order.
+
+    Every trial's client and attacker knowledge come first; then the attacks of trials on the same global model
+    run together through the attack's ``trials`` method where it has one (the built-in attack stacks them:
+    ``giacheck.attack.invert_trials``), else one after another; then each trial is scored. Arguments as
+    :func:`run_case`'s, ``options`` one per trial.
+    """
+    pending = [_pending(case, profile, device, replace(o, weights=str(weights)) if weights is not None else o)
+               for o in options]
+    results: list[Result | None] = [None] * len(pending)
+    for group in _same_model(pending):
+        start = time.perf_counter()
+        recs = _attack_group([pending[i] for i in group])
+        share = (time.perf_counter() - start) / len(group)
+        for i, rec in zip(group, recs, strict=True):
+            p = pending[i]
+            _check_reconstruction(rec, p.setup.case, p.setup.spec, tuple(p.setup.batch.images.shape))
+            results[i] = _score(p.setup, rec, p.knowledge, p.update, (*p.durations, share))
+    return results
+
+
+def _pending(case: Case | str, profile: str, device: str, options: RunOptions) -> _Pending:
     marks = [time.perf_counter()]
-    options = options or RunOptions()
-    if weights is not None:
-        options = replace(options, weights=str(weights))
     setup = _prepare(_with_weights_state(case, options), profile, device, options)
     marks.append(time.perf_counter())
     update = simulate_update(setup.model, setup.batch.images.to(setup.device), setup.labels, setup.case.client,
@@ -121,13 +163,38 @@ def run_case(
     marks.append(time.perf_counter())
     knowledge = _attacker_knowledge(setup, update)
     marks.append(time.perf_counter())
-    rec = setup.attack(setup.model, update, labels=knowledge.labels, stats=knowledge.stats, init=knowledge.init,
-                       seed=setup.options.seed)
-    _check_reconstruction(rec, setup.case, setup.spec, tuple(setup.batch.images.shape))
-    marks.append(time.perf_counter())
-    truth = truth_objective(setup.case.attack, setup.spec, setup.model, update, setup.batch.images,
-                            labels=knowledge.labels, stats=knowledge.stats)  # after the attack returned
-    return _score(setup, rec, knowledge, truth, marks)
+    build_s, client_s, prepare_s = (b - a for a, b in itertools.pairwise(marks))
+    return _Pending(setup=setup, update=update, knowledge=knowledge, durations=(build_s, client_s, prepare_s))
+
+
+def _same_model(pending: list[_Pending]) -> list[list[int]]:
+    """Trial indices grouped by identical global model (equal parameters and buffers), in order."""
+    groups: list[list[int]] = []
+    for i, p in enumerate(pending):
+        for group in groups:
+            if _equal_models(pending[group[0]].setup.model, p.setup.model):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def _equal_models(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _attack_group(group: list[_Pending]) -> list[Any]:
+    """The attacks of trials on one global model: together through ``attack.trials`` where the attack has it."""
+    first = group[0].setup
+    together = getattr(first.attack, "trials", None)
+    if len(group) > 1 and together is not None:
+        return list(together(first.model, [Trial(update=p.update, labels=p.knowledge.labels, stats=p.knowledge.stats,
+                                                 init=p.knowledge.init, seed=p.setup.options.seed) for p in group]))
+    return [p.setup.attack(p.setup.model, p.update, labels=p.knowledge.labels, stats=p.knowledge.stats,
+                           init=p.knowledge.init, seed=p.setup.options.seed) for p in group]
 
 
 def image_signal(case: Case | str, *, profile: str = "smoke", device: str = "cpu",
@@ -205,10 +272,14 @@ def _attacker_knowledge(s: _Setup, update: ClientUpdate) -> _Knowledge:
                       auxiliary=tuple(proxy.pool) if proxy is not None else ())
 
 
-def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, truth: float | None,
-           marks: list[float]) -> Result:
+def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, update: ClientUpdate,
+           durations: tuple[float, float, float, float]) -> Result:
     """Match and score the selected restart against the private images (the only use of ground truth), and
-    re-identify each matched image against a held-out pool disjoint from the client's and the attacker's images."""
+    re-identify each matched image against a held-out pool disjoint from the client's and the attacker's images.
+    ``durations``: build, client, prepare and attack seconds (a stacked attack's share)."""
+    start = time.perf_counter()
+    truth = truth_objective(s.case.attack, s.spec, s.model, update, s.batch.images,
+                            labels=knowledge.labels, stats=knowledge.stats)  # after the attack returned
     original = s.batch.images
     per_restart = [metrics.match_and_score(rec.images[r], original) for r in range(s.spec.restarts)]
     scores = per_restart[rec.selected]
@@ -220,8 +291,8 @@ def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, truth: float |
     pool = heldout_pool(s.source, exclude=list(excluded), size=s.case.model.resolution, limit=POOL_LIMIT)
     reids = reidentify_batch(matched, original.cpu(), pool.images, patch=patch)
     nulls = _null_p_values(original.cpu(), pool.images)
-    marks.append(time.perf_counter())
-    build_s, client_s, prepare_s, attack_s, metrics_s = (b - a for a, b in itertools.pairwise(marks))
+    build_s, client_s, prepare_s, attack_s = durations
+    metrics_s = time.perf_counter() - start
     return Result(
         case_id=s.case.id,
         profile=s.profile,
@@ -241,7 +312,7 @@ def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, truth: float |
         threat=knowledge.threat,
         timings=Timings(build_s=build_s, client_s=client_s, prepare_s=prepare_s, attack_s=attack_s,
                         per_iteration_s=attack_s / s.spec.iterations, metrics_s=metrics_s,
-                        total_s=marks[-1] - marks[0]),
+                        total_s=build_s + client_s + prepare_s + attack_s + metrics_s),
         manifest=manifest(s.device, s.options.seed, data=s.source.name, images=s.batch.names,
                           model=s.entry.upstream, seeds=s.options.seeds),
         model_state=s.state,

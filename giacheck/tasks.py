@@ -24,7 +24,7 @@ class Task(Protocol):
     """What :func:`giacheck.runner.run_case` asks of a task."""
 
     name: str
-    batchable_trials: bool  # restarts may run batched (vmap) through the model and its loss
+    batchable_trials: bool  # restarts and trials may run stacked through the model and its loss (attack/trials.py)
     labels_inferable: bool  # the labels can be inferred from the update (iDLG, giacheck.attack.labels)
 
     def client_batch(self, source: ImageSource, *, batch_size: int, size: int,
@@ -68,7 +68,7 @@ class Classification:
 
 class Detection:
     """YOLO detection with ground-truth boxes known to the attacker: only images with box annotations are
-    eligible; the loss's target assignment does not vmap, so restarts run one after another."""
+    eligible; the loss's target assignment couples the batch, so restarts and trials run one after another."""
 
     name = "detection"
     batchable_trials = False

@@ -116,14 +116,25 @@ def test_batched_and_looped_restarts_agree(client_batch, name: str, mode: BNMode
 @pytest.mark.parametrize(("name", "mode"), [("lenet_sigmoid", BNMode.EVAL), ("resnet18_cifar", BNMode.TRAIN),
                                             ("resnet18_cifar", BNMode.EVAL)])
 def test_batched_and_looped_gradients_agree(client_batch, name: str, mode: BNMode) -> None:
-    """In float64 the two paths are the same math (to ~1e-14); in float32 each stays within float32's accuracy of
-    this double backward (measured: 3e-4 / 6e-4 relative for batched / looped on an AMD EPYC, where the two
-    float32 paths differ from each other by 6e-4, so comparing them at 1e-4 tested the CPU, not the code)."""
-    from giacheck.attack.invert import _step_function
+    """In float64 the stacked restarts and the loop are the same math (to ~1e-14); in float32 each stays within
+    float32's accuracy of this double backward (the two float32 paths differ from each other by ~6e-4 on an AMD
+    EPYC, so comparing them with each other at 1e-4 would test the CPU, not the code)."""
+    from giacheck.attack.trials import StackedReplica
 
     def step(model, update, x, batched):
-        replica = Replica(model, update, client_batch.labels)
-        return _step_function(replica, AttackSpec(restarts=3, batched_restarts=batched), None)(x)
+        if batched:
+            objective = StackedReplica(model, [update] * 3, [client_batch.labels] * 3, [None] * 3).objective(
+                AttackSpec())
+            x = x.clone().requires_grad_(True)
+            total, _ = objective(x)
+            return torch.autograd.grad(total.sum(), x)[0], total.detach()
+        objective = Replica(model, update, client_batch.labels).objective(AttackSpec(), None, functional=False)
+        out = []
+        for xr in x:
+            xr = xr.clone().requires_grad_(True)
+            total, _ = objective(xr)
+            out.append((torch.autograd.grad(total, xr)[0], total.detach()))
+        return torch.stack([g for g, _ in out]), torch.stack([v for _, v in out])
 
     model, update = _client(name, mode, client_batch)
     x = torch.rand(3, 1, 3, 32, 32, generator=torch.Generator().manual_seed(5))

@@ -1,4 +1,4 @@
-"""The benchmark runs and reports its three ratios (figures are measured by `giacheck bench`, not asserted here)."""
+"""The benchmark runs and reports its rows (figures are measured by `giacheck bench`, not asserted here)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,35 @@ import json
 from giacheck.cli import main
 
 
-def test_bench_reports_the_three_ratios(capsys) -> None:
-    assert main(["bench", "--steps", "1", "--repeats", "1", "--json"]) == 0
+def test_bench_reports_one_row_per_model_with_stacked_and_sequential_trials(capsys) -> None:
+    assert main(["bench", "--models", "lenet_sigmoid", "--trials", "2", "--steps", "1", "--repeats", "1",
+                 "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    for key in ("attack_over_train", "giacheck_over_bare", "batched_speedup"):
-        assert report[key] > 0
-    assert report["model"] == "resnet18_cifar"
+    (row,) = report["models"]
+    assert row["model"] == "lenet_sigmoid" and row["resolution"] == 32 and row["trials"] == 2
+    for key in ("train_step_s", "attack_iter_s", "bare_iter_s", "sequential_iter_s", "batched_iter_s", "speedup",
+                "attack_over_train", "giacheck_over_bare"):
+        assert row[key] > 0, key
+    assert row["stacked"] is True and row["fallback"] is None
+    assert report["threads"] >= 1
+
+
+def test_bench_names_why_a_model_runs_one_after_another(capsys) -> None:
+    assert main(["bench", "--models", "convnext_t_cifar", "--trials", "2", "--steps", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "convnext_t_cifar: runs one after another: on a CPU" in out
+
+
+def test_bench_measures_peak_memory_in_fresh_processes(capsys) -> None:
+    assert main(["bench", "--models", "lenet_sigmoid", "--trials", "2", "--steps", "1", "--repeats", "1",
+                 "--memory", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["models"]
+    assert row["peak_sequential_mb"] > 50 and row["peak_batched_mb"] > 50  # a process with torch imported
+
+
+def test_bench_rejects_an_unknown_model_before_any_compute(capsys) -> None:
+    assert main(["bench", "--models", "resnet19"]) != 0
+    assert "unknown model 'resnet19'" in capsys.readouterr().err
 
 
 def test_kernel_bench_reports_stock_and_giacheck_per_model(capsys) -> None:

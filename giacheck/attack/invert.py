@@ -1,33 +1,37 @@
 """The inversion loop: signed Adam on pixels in [0,1], step schedule, box constraint, restarts (DESIGN §4).
 
-Restarts run batched with ``torch.func.vmap`` over a leading restart axis (Adam is element-wise, so one
-optimizer over the stacked restarts is exactly R independent optimizers), or one after another when
-``AttackSpec.batched_restarts`` is off. The loop never synchronizes with the host: the objective curve is
+Restarts, and several attacks on one global model (a case's challenge set), run stacked as one forward and one
+double backward (``trials.py``; Adam is element-wise, so one optimizer over the stack is exactly K independent
+optimizers), or one after another where the math does not allow it or ``AttackSpec.batched_restarts`` is off.
+The loop never synchronizes with the host: the objective curve is
 written into a preallocated device tensor and read once at the end. The returned reconstruction is the
-restart with the lowest final attack objective; no ground truth is ever seen here.
+restart with the lowest final attack objective, per trial; no ground truth is ever seen here.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import grad, vmap
 
 from giacheck.attack.bnstats import NormTarget
 from giacheck.attack.objective import Replica
 from giacheck.attack.registry import register_attack
+from giacheck.attack.trials import StackedReplica
 from giacheck.client import ClientUpdate
 from giacheck.errors import InvalidCaseError
 from giacheck.specs import AttackSpec
 
-__all__ = ["GradMatch", "Reconstruction", "invert", "lr_milestones"]
+__all__ = ["MAX_STACKED", "GradMatch", "Reconstruction", "Trial", "invert", "invert_trials", "lr_milestones"]
 
 log = logging.getLogger("giacheck.attack")
+
+MAX_STACKED = 8  # attacks (restarts × trials) stacked at once; a trial with more restarts stacks them all
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +67,11 @@ class GradMatch:
         return invert(model, update, labels=labels, spec=self.spec, stats=stats, init=init, seed=seed,
                       log_every=every)
 
+    def trials(self, model: nn.Module, trials: Sequence[Trial]) -> list[Reconstruction]:
+        """Several attacks on one global model at once (:func:`invert_trials`): a case's challenge set."""
+        every = max(1, self.spec.iterations // 10) if log.isEnabledFor(logging.DEBUG) else 0
+        return invert_trials(model, trials, spec=self.spec, log_every=every)
+
     def objective(self, model: nn.Module, update: ClientUpdate, images: torch.Tensor, *, labels: Any,
                   stats: NormTarget | None) -> float:
         """The objective :meth:`__call__` minimizes, at one batch of ``images`` (B, C, H, W)."""
@@ -76,6 +85,17 @@ class GradMatch:
 def lr_milestones(iterations: int) -> list[int]:
     """The step schedule: the learning rate drops ×0.1 at 3/8, 5/8 and 7/8 of the budget."""
     return sorted({max(1, int(iterations * f)) for f in (3 / 8, 5 / 8, 7 / 8)})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Trial:
+    """One attack of a batch of trials: the update it inverts and what the attacker knows for it."""
+
+    update: ClientUpdate
+    labels: Any
+    stats: NormTarget | None = None
+    init: torch.Tensor | None = None  # (restarts, B, C, H, W); uniform noise from ``seed`` when None
+    seed: int = 0
 
 
 def invert(
@@ -101,22 +121,102 @@ def invert(
         seed: seeds the noise initialization.
         log_every: log progress every this many iterations (0: never).
     """
+    trial = Trial(update=update, labels=labels, stats=stats, init=init, seed=seed)
+    return invert_trials(model, [trial], spec=spec, log_every=log_every)[0]
+
+
+def invert_trials(model: nn.Module, trials: Sequence[Trial], *, spec: AttackSpec,
+                  log_every: int = 0) -> list[Reconstruction]:
+    """Run every trial's attack (each with ``spec.restarts`` restarts) on one global model: stacked as one
+    forward and one double backward (``trials.py``) when ``spec.batched_restarts`` and the math allow it,
+    else one restart after another. Trials are stacked in chunks of at most :data:`MAX_STACKED` attacks
+    (restarts × trials; a trial's restarts always together), in order, so memory stays that of K = 8.
+    Returns one :class:`Reconstruction` per trial, in order."""
+    per_chunk = max(1, MAX_STACKED // spec.restarts)
+    out: list[Reconstruction] = []
+    for start in range(0, len(trials), per_chunk):
+        out += _invert_chunk(model, trials[start:start + per_chunk], spec, log_every)
+    return out
+
+
+def _invert_chunk(model: nn.Module, trials: Sequence[Trial], spec: AttackSpec,
+                  log_every: int) -> list[Reconstruction]:
     device = next(model.parameters()).device
-    replica = Replica(model, update, _to_device(labels, device))
-    shape = (spec.restarts, *update.input_shape)
-    if init is None:
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        init = torch.rand(shape, generator=gen)
-    elif tuple(init.shape) != shape:
-        raise InvalidCaseError(f"init has shape {tuple(init.shape)}, expected (restarts, B, C, H, W) = {shape}")
-    x = init.to(device).clone().requires_grad_(True)
-    step_fn = _step_function(replica, spec, stats)
+    inits = [_initial(t, spec) for t in trials]
+    labels = [_to_device(t.labels, device) for t in trials]
+    updates = [t.update for t in trials for _ in range(spec.restarts)]
+    stacked, reason = (StackedReplica.build(model, updates, [y for y in labels for _ in range(spec.restarts)],
+                                            [t.stats for t in trials for _ in range(spec.restarts)])
+                       if spec.batched_restarts else (None, "batched_restarts is off"))
+    if stacked is None:
+        log.debug("trials run one after another: %s", reason)
+        return [_run_looped(model, t, y, x0, spec, log_every) for t, y, x0 in zip(trials, labels, inits, strict=True)]
+    x0 = torch.cat(inits)  # (trials·R, B, C, H, W)
+    objective = stacked.objective(spec)
+
+    def step(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.requires_grad_(True)
+        total, _ = objective(x)
+        return torch.autograd.grad(total.sum(), x)[0], total.detach()
+
+    def final(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        total, dist = objective(x.requires_grad_(True))  # the terms are gradients: they need a graph
+        return total.detach(), dist.detach()
+
+    x, curve, finals, seconds = _optimize(x0.to(device), step, final, spec, log_every)
+    r = spec.restarts
+    return [_reconstruction(x[i * r:(i + 1) * r], curve[:, i * r:(i + 1) * r], finals[0][i * r:(i + 1) * r],
+                            finals[1][i * r:(i + 1) * r], labels[i], spec, batched=True, seconds=seconds / len(trials))
+            for i in range(len(trials))]
+
+
+def _initial(trial: Trial, spec: AttackSpec) -> torch.Tensor:
+    shape = (spec.restarts, *trial.update.input_shape)
+    if trial.init is None:
+        gen = torch.Generator(device="cpu").manual_seed(trial.seed)
+        return torch.rand(shape, generator=gen)
+    if tuple(trial.init.shape) != shape:
+        raise InvalidCaseError(f"init has shape {tuple(trial.init.shape)}, expected (restarts, B, C, H, W) = {shape}")
+    return trial.init
+
+
+def _run_looped(model: nn.Module, trial: Trial, labels: Any, init: torch.Tensor, spec: AttackSpec,
+                log_every: int) -> Reconstruction:
+    """One trial's restarts one after another, each an autograd double backward on the replica."""
+    device = next(model.parameters()).device
+    replica = Replica(model, trial.update, labels)
+    objective = replica.objective(spec, trial.stats, functional=False)
+
+    def step(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grads, values = [], []
+        for xr in x:
+            xr = xr.detach().requires_grad_(True)
+            total, _ = objective(xr)
+            grads.append(torch.autograd.grad(total, xr)[0])
+            values.append(total.detach())
+        return torch.stack(grads), torch.stack(values)
+
+    functional = replica.objective(spec, trial.stats, functional=True)
+
+    def final(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            totals, dists = zip(*(functional(xr) for xr in x), strict=True)
+        return torch.stack(totals), torch.stack(dists)
+
+    x, curve, (totals, dists), seconds = _optimize(init.to(device), step, final, spec, log_every)
+    return _reconstruction(x, curve, totals, dists, labels, spec, batched=False, seconds=seconds)
+
+
+def _optimize(x0: torch.Tensor, step, final, spec: AttackSpec, log_every: int):
+    """Signed Adam on the pixels with the step schedule and the box constraint; the objective curve is written
+    into a device tensor and read once at the end (the loop never synchronizes with the host)."""
+    x = x0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=spec.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=lr_milestones(spec.iterations), gamma=0.1)
-    curve = torch.empty(spec.iterations, spec.restarts, device=device)
+    curve = torch.empty(spec.iterations, x.shape[0], device=x.device)
     start = time.perf_counter()
     for it in range(spec.iterations):
-        g, value = step_fn(x.detach())
+        g, value = step(x.detach())
         curve[it] = value
         x.grad = g.sign()
         opt.step()
@@ -125,17 +225,21 @@ def invert(
             x.clamp_(0.0, 1.0)
         if log_every and (it + 1) % log_every == 0:
             log.debug("iteration %d/%d objective %s", it + 1, spec.iterations, curve[it].tolist())
-    final, dist = _final_values(replica, spec, stats, x.detach())
-    seconds = time.perf_counter() - start
-    final_list = final.tolist()
+    finals = final(x.detach())
+    return x.detach(), curve, finals, time.perf_counter() - start
+
+
+def _reconstruction(x: torch.Tensor, curve: torch.Tensor, totals: torch.Tensor, dists: torch.Tensor, labels: Any,
+                    spec: AttackSpec, *, batched: bool, seconds: float) -> Reconstruction:
+    final_list = totals.tolist()
     return Reconstruction(
-        images=x.detach().cpu(),
+        images=x.cpu(),
         objective=tuple(final_list),
-        grad_distance=tuple(dist.tolist()),
+        grad_distance=tuple(dists.tolist()),
         selected=min(range(len(final_list)), key=final_list.__getitem__),
         curve=curve.cpu(),
         labels=_to_device(labels, torch.device("cpu")),
-        batched=_batched(spec),
+        batched=batched,
         iterations=spec.iterations,
         seconds=seconds,
     )
@@ -146,48 +250,3 @@ def _to_device(labels: Any, device: torch.device) -> Any:
     if isinstance(labels, dict):
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in labels.items()}
     return labels.to(device)
-
-
-def _batched(spec: AttackSpec) -> bool:
-    return spec.batched_restarts and spec.restarts > 1
-
-
-def _step_function(replica: Replica, spec: AttackSpec, stats: NormTarget | None):
-    """``x (R,B,C,H,W) -> (∂objective/∂x, objective (R,))``: vmap over restarts, or a loop of autograd calls."""
-    if _batched(spec):
-        objective = replica.objective(spec, stats, functional=True)
-
-        def objective_twice(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            total, _ = objective(x)
-            return total, total
-
-        batched = vmap(grad(objective_twice, has_aux=True))
-
-        def step(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.no_grad():  # grad() computes what it needs; nothing else may build a graph
-                return batched(x)
-
-        return step
-    objective = replica.objective(spec, stats, functional=False)
-
-    def looped(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        grads, values = [], []
-        for xr in x:
-            xr = xr.detach().requires_grad_(True)
-            total, _ = objective(xr)
-            grads.append(torch.autograd.grad(total, xr)[0])
-            values.append(total.detach())
-        return torch.stack(grads), torch.stack(values)
-
-    return looped
-
-
-def _final_values(replica: Replica, spec: AttackSpec, stats: NormTarget | None,
-                  x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Objective and gradient distance of each restart's final images (selection uses the objective)."""
-    objective = replica.objective(spec, stats, functional=True)
-    with torch.no_grad():
-        if _batched(spec):
-            return vmap(objective)(x)
-        totals, dists = zip(*(objective(xr) for xr in x), strict=True)
-        return torch.stack(totals), torch.stack(dists)

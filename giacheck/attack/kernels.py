@@ -66,11 +66,15 @@ class _DepthwiseConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         batch, channels, height, width = x.shape
         grad_x = F.conv_transpose2d(grad, weight, padding=ctx.padding, groups=channels)
-        # ∂L/∂w[c] = Σ_b xcorr(x[b, c], grad[b, c]): one group per channel, the batch as its input channels
-        per_channel = x.transpose(0, 1).reshape(1, channels * batch, height, width)
-        grad_w = F.conv2d(per_channel, grad.transpose(0, 1), padding=ctx.padding, groups=channels)
-        grad_b = grad.sum((0, 2, 3)) if ctx.has_bias else None
-        return grad_x, grad_w.reshape(weight.shape), grad_b, None
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            # ∂L/∂w[c] = Σ_b xcorr(x[b, c], grad[b, c]): one group per channel, the batch as its input channels
+            per_channel = x.transpose(0, 1).reshape(1, channels * batch, height, width)
+            grad_w = F.conv2d(per_channel, grad.transpose(0, 1), padding=ctx.padding,
+                              groups=channels).reshape(weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
 
 
 class DepthwiseConv2d(nn.Conv2d):

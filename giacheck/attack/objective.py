@@ -2,9 +2,10 @@
 
 The update distance (``distance.py``: ``1 − cos`` by default, or L2) over the whole concatenated update,
 ``+ λ_TV·TV(x)`` and, when a statistics target is given,
-``+ λ_BN·prior``. Everything is a pure function of the image batch so that ``torch.func`` can take its
-gradient and ``vmap`` it over restarts. A FedSGD objective run one restart at a time computes the cosine's
-terms for wide, few-row layers without forming their gradients (``lowrank.py``; the same math).
+``+ λ_BN·prior``. Everything is a pure function of the image batch, so that ``torch.func`` can take its
+gradient too. A FedSGD objective run one restart at a time computes the cosine's terms for wide, few-row layers
+without forming their gradients (``lowrank.py``; the same math); several attacks at once stack instead
+(``trials.py``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Replica:
                      functional: bool = True) -> list[torch.Tensor]:
         """The update the client would share for images ``x`` (FedSGD gradient or unrolled FedAvg delta).
 
-        ``functional=True`` differentiates with ``torch.func.grad`` (composable with ``vmap``);
+        ``functional=True`` differentiates with ``torch.func.grad`` (composable with ``torch.func`` transforms);
         ``False`` with ``torch.autograd.grad(create_graph=True)``, which is faster for a single restart.
         """
 

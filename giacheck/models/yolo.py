@@ -12,8 +12,8 @@ mode, and a forward hook keeps only ``raw``. BatchNorm follows the client's mode
 statistics) while the loss always sees the training-format predictions, so an eval-mode client and the attacker's
 eval-mode replica compute the real training loss. The loss is ultralytics' ``v8DetectionLoss`` summed over its
 (box, cls, dfl) vector — the scalar the ultralytics trainer backpropagates (it scales with the batch size).
-Restarts cannot be ``vmap``-ed: the loss's target assigner uses ``nonzero`` (a data-dependent shape); run them in
-a loop (``AttackSpec(batched_restarts=False)``). ``torch.func.grad`` and autograd double backward both work.
+Restarts and trials are not stacked: the loss's target assigner couples a batch's images (and uses ``nonzero``, a
+data-dependent shape), so they run one after another. ``torch.func.grad`` and autograd double backward both work.
 
 Random initialization and eval-mode BatchNorm do not mix here: ultralytics keeps PyTorch's default conv init, and
 with running statistics still (0, 1) the activations shrink ~10x per stage (std ~1e-9 at P5 for ``yolov8n`` at

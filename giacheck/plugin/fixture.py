@@ -96,30 +96,42 @@ class GiaFixture:
         device, or reuse it: computed once per worker, and under xdist once per run (:mod:`giacheck.sharedcache`)."""
         from giacheck.specs import RunOptions
 
+        return self._run_all(self.case(case), [options or RunOptions()])[0]
+
+    def _run_all(self, case: Case, per_trial: list[RunOptions]) -> list[Result]:
+        """Trials of ``case``: those not cached yet are computed together (their attacks stacked where they run
+        on one global model, ``runner.run_trials``) and cached one by one."""
         self._skip_without_gpu()
-        case, options = self.case(case), options or RunOptions()
+        per_trial = [self._with_weights(case, o) for o in per_trial]
+        keys = [json.dumps([case.id, self.profile, self.device, dataclasses.asdict(o)], sort_keys=True, default=str)
+                for o in per_trial]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        if missing:
+            computed = self._compute([keys[i] for i in missing], case, [per_trial[i] for i in missing])
+            self.cache.update(zip((keys[i] for i in missing), computed, strict=True))
+        return [self.cache[k].result for k in keys]
+
+    def _with_weights(self, case: Case, options: RunOptions) -> RunOptions:
         if case.state == "ckpt" and options.weights is None:
-            options = dataclasses.replace(options, weights=weights_by_model(self.config).get(case.model.name))
-        key = json.dumps([case.id, self.profile, self.device, dataclasses.asdict(options)], sort_keys=True,
-                         default=str)
-        if key not in self.cache:
-            self.cache[key] = self._compute(key, case, options)
-        return self.cache[key].result
+            return dataclasses.replace(options, weights=weights_by_model(self.config).get(case.model.name))
+        return options
 
-    def _compute(self, key: str, case: Case, options: RunOptions) -> _Cached:
-        from giacheck.runner import Result, run_case
+    def _compute(self, keys: list[str], case: Case, per_trial: list[RunOptions]) -> list[_Cached]:
+        from giacheck.runner import Result, run_trials
 
-        def compute() -> tuple[Result, float]:
+        def compute() -> tuple[list[Result], float]:
             start = time.perf_counter()
-            result = run_case(case, profile=self.profile, device=self.device, options=options)
-            return result, time.perf_counter() - start
+            results = run_trials(case, profile=self.profile, device=self.device, options=per_trial)
+            return results, (time.perf_counter() - start) / len(results)  # each trial's share
 
         if self.shared is None:
-            result, wall = compute()
-            return _Cached(result, wall, "computed")
+            results, wall = compute()
+            return [_Cached(r, wall, "computed") for r in results]
         # stored as plain values and tensors, so that workers load it with weights_only=True
-        state, wall, reused = self.shared.get_or_compute(key, lambda: _as_state(*compute()))
-        return _Cached(Result.from_state(state), wall, "another worker" if reused else "computed")
+        key = json.dumps(keys) if len(keys) > 1 else keys[0]
+        states, wall, reused = self.shared.get_or_compute(key, lambda: _as_states(*compute()))
+        return [_Cached(Result.from_state(state), wall, "another worker" if reused else "computed")
+                for state in states]
 
     def trials(self, case: str | Case, *, options: RunOptions | None = None) -> CaseTrials:
         """Run ``case`` over the profile's challenge set (every private image under every seed) and combine the
@@ -131,7 +143,7 @@ class GiaFixture:
         case, options = self.case(case), options or RunOptions()
         entry = get_entry(case.model.name)
         per_trial = trial_options(options, self.challenge, num_classes=entry.num_classes, task=entry.task)
-        trials = CaseTrials.of([self.run(case, options=o) for o in per_trial], selection=self.challenge.selection)
+        trials = CaseTrials.of(self._run_all(case, per_trial), selection=self.challenge.selection)
         folder = Path(option(self.config, "artifacts")) / self.profile / self.suite
         saved = self.config.stash.setdefault(_SAVED, set())
         if (folder, case.id, repr(options)) not in saved:  # a case in two suites gets its PNG in each
@@ -320,8 +332,8 @@ def _payload(*, suite: str, profile: str, nodeid: str, baselines_root: Path, tri
                                   baselines_root=baselines_root)
 
 
-def _as_state(result: Any, wall: float) -> tuple[dict[str, Any], float]:
-    return result.to_state(), wall
+def _as_states(results: list[Any], wall: float) -> tuple[list[dict[str, Any]], float]:
+    return [r.to_state() for r in results], wall
 
 
 _CACHE = pytest.StashKey[dict]()
