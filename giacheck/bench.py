@@ -31,10 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from giacheck.attack import Trial, invert, invert_trials
+from giacheck.attack.invert import MAX_STACKED
 from giacheck.attack.kernels import stock_kernels
 from giacheck.attack.trials import StackedReplica
 from giacheck.client import simulate_update
 from giacheck.data import BundledImages, select_batch
+from giacheck.errors import GiacheckError
 from giacheck.models import build
 from giacheck.specs import AttackSpec, BNMode, ClientSpec
 
@@ -64,8 +66,10 @@ class TrialBench:
     giacheck_over_bare: float
     stacked: bool
     fallback: str | None  # why the trials ran one after another, where they did
-    peak_sequential_mb: float | None = None
+    peak_sequential_mb: float | None = None  # peak memory of the process (CPU) or allocated (CUDA)
     peak_batched_mb: float | None = None
+    attack_sequential_mb: float | None = None  # what the attacks added above the setting (models, updates)
+    attack_batched_mb: float | None = None
 
     def to_dict(self) -> dict[str, float | str | bool | None]:
         return asdict(self)
@@ -141,7 +145,14 @@ def _sync(device: torch.device) -> None:
 
 def run_bench(models: tuple[tuple[str, int], ...] | None = None, *, device: str = "cpu", steps: int = 10,
               repeats: int = 3, trials: int = TRIALS, memory: bool = False) -> list[TrialBench]:
-    """One :class:`TrialBench` per model (default :data:`TRIAL_MODELS`, plus :data:`GPU_MODELS` on CUDA)."""
+    """One :class:`TrialBench` per model (default :data:`TRIAL_MODELS`, plus :data:`GPU_MODELS` on CUDA).
+
+    Raises:
+        GiacheckError: ``trials`` outside [2, the bundled images], before any compute.
+    """
+    available = len(BundledImages(10))
+    if not 2 <= trials <= available:
+        raise GiacheckError(f"trials={trials}: each trial attacks its own bundled image (valid: 2 to {available})")
     dev = torch.device(device)
     if models is None:
         models = TRIAL_MODELS + (GPU_MODELS if dev.type == "cuda" else ())
@@ -151,7 +162,9 @@ def run_bench(models: tuple[tuple[str, int], ...] | None = None, *, device: str 
 def _bench_model(name: str, resolution: int, dev: torch.device, steps: int, repeats: int, trials: int,
                  memory: bool) -> TrialBench:
     setting = _Setting(name, resolution, dev, trials)
-    stacked, fallback = StackedReplica.build(setting.model, setting.updates, setting.labels, [None] * trials)
+    chunk = min(trials, MAX_STACKED)  # invert_trials stacks at most this many at once
+    stacked, fallback = StackedReplica.build(setting.model, setting.updates[:chunk], setting.labels[:chunk],
+                                             [None] * chunk)
     med = _interleaved_medians({
         "train": lambda: setting.train_step(steps),
         "attack": lambda: setting.attack(steps, setting.trials[:1]),
@@ -161,35 +174,44 @@ def _bench_model(name: str, resolution: int, dev: torch.device, steps: int, repe
     }, repeats)
     peaks = {path: _peak_memory(name, resolution, str(dev), trials, path) for path in ("sequential", "batched")} \
         if memory else {}
+    peak = {path: peaks[path][0] for path in peaks}
+    added = {path: peaks[path][1] for path in peaks}
     return TrialBench(
         model=name, resolution=resolution, device=str(dev), trials=trials,
         train_step_s=med["train"], attack_iter_s=med["attack"], bare_iter_s=med["bare"],
         sequential_iter_s=med["sequential"], batched_iter_s=med["batched"],
         speedup=med["sequential"] / med["batched"], attack_over_train=med["attack"] / med["train"],
         giacheck_over_bare=med["attack"] / med["bare"], stacked=stacked is not None, fallback=fallback,
-        peak_sequential_mb=peaks.get("sequential"), peak_batched_mb=peaks.get("batched"))
+        peak_sequential_mb=peak.get("sequential"), peak_batched_mb=peak.get("batched"),
+        attack_sequential_mb=added.get("sequential"), attack_batched_mb=added.get("batched"))
 
 
-def _peak_memory(name: str, resolution: int, device: str, trials: int, path: str) -> float:
-    """Peak memory (MB) of two iterations of one path, in a fresh process (a process's peak only grows)."""
+def _peak_memory(name: str, resolution: int, device: str, trials: int, path: str) -> tuple[float, float]:
+    """Peak memory (MB) of two iterations of one path in a fresh process (a process's peak only grows), and what
+    the attacks added above the setting's own peak."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
         return pool.apply(_measure_peak, (name, resolution, device, trials, path, torch.get_num_threads()))
 
 
-def _measure_peak(name: str, resolution: int, device: str, trials: int, path: str, threads: int) -> float:
+def _measure_peak(name: str, resolution: int, device: str, trials: int, path: str,
+                  threads: int) -> tuple[float, float]:
     torch.set_num_threads(threads)
     dev = torch.device(device)
     setting = _Setting(name, resolution, dev, trials)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+
+    def peak() -> float:
+        if dev.type == "cuda":
+            return torch.cuda.max_memory_allocated(dev) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    before = peak()
     if path == "batched":
         setting.attack(2, setting.trials)
     else:
         setting.sequential(2)
-    if dev.type == "cuda":
-        return torch.cuda.max_memory_allocated(dev) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    after = peak()
+    return after, after - before
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -381,6 +381,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     if args.kernels is not None:
         return _bench_kernels(args)
+    if args.resolution is not None and not args.models:
+        raise GiacheckError("--resolution applies to --models; name the models to measure at it")
     models = None
     if args.models:
         models = tuple((name, get_entry(name).default_size if args.resolution is None else args.resolution)
@@ -394,10 +396,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"one attack and {rows[0].trials} attacks (one private image each, bs1, eval-mode client), device "
           f"{rows[0].device}, {torch.get_num_threads()} thread(s); ms per iteration, medians of {args.repeats} "
           "interleaved rounds")
+    k = rows[0].trials
     print(f"  {'model':24} {'train':>7} {'attack':>7} {'bare':>7} {'x train':>7} {'x bare':>7} "
-          f"{'8 in a row':>10} {'8 stacked':>10} {'speed-up':>8}  peak MB (row / stacked)")
+          f"{f'{k} in a row':>10} {f'{k} stacked':>10} {'speed-up':>8}  peak MB, in a row / stacked (attacks' part)")
     for r in rows:
-        peaks = (f"{r.peak_sequential_mb:.0f} / {r.peak_batched_mb:.0f}" if r.peak_batched_mb is not None
+        peaks = (f"{r.peak_sequential_mb:.0f} / {r.peak_batched_mb:.0f} "
+                 f"({r.attack_sequential_mb:.0f} / {r.attack_batched_mb:.0f})" if r.peak_batched_mb is not None
                  else "-")
         print(f"  {r.model + '@' + str(r.resolution):24} {r.train_step_s * 1e3:7.1f} {r.attack_iter_s * 1e3:7.1f} "
               f"{r.bare_iter_s * 1e3:7.1f} {r.attack_over_train:7.2f} {r.giacheck_over_bare:7.2f} "

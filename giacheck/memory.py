@@ -126,7 +126,7 @@ class MemoryEstimate:
         return self.device_bytes + self.host_bytes if device == "cpu" else self.device_bytes
 
     def describe(self, device: str) -> str:
-        restarts = f" x {self.restarts} batched restarts" if self.restarts > 1 else ""
+        restarts = f" x {self.restarts} stacked attacks" if self.restarts > 1 else ""
         scoring = (f" + {format_bytes(self.host_bytes)} to score against {self.pool} pool views"
                    if device == "cpu" else "")
         return (f"an estimated {format_bytes(self.need(device))} for {self.model} at {self.resolution}x"
@@ -224,7 +224,7 @@ def _problem_on(target: AvailableMemory, host: AvailableMemory | None, entry: Mo
     inputs = PER_IMAGE_ACTIVATIONS * resolution * resolution * _BYTES_PER_PIXEL * batch_size * restarts
     if inputs > target.bytes:  # the input images alone: an absurd resolution is refused without building anything
         return (f"at least {format_bytes(inputs)} for {entry.name} at {resolution}x{resolution}, batch size "
-                f"{batch_size}" + (f" x {restarts} batched restarts" if restarts > 1 else "")
+                f"{batch_size}" + (f" x {restarts} stacked attacks" if restarts > 1 else "")
                 + " (its input images alone, float32 through the double backward)"), target
     estimate = estimate_memory(entry, resolution, batch_size=batch_size, restarts=restarts)
     kind = _kind(target)
@@ -250,9 +250,9 @@ def _valid(entry: ModelEntry, resolution: int, batch_size: int, restarts: int, b
         fits = room // per_image if room > 0 and per_image > 0 else 0
         if fits >= 1:
             options.append(f"batch size <= {min(fits, batch_size - 1)} at {resolution}x{resolution}"
-                           + (f" with {restarts} batched restarts" if restarts > 1 else ""))
+                           + (f" with {restarts} stacked attacks" if restarts > 1 else ""))
         elif restarts > 1:
-            options.append("restarts run one after another")
+            options.append("attacks run one after another (AttackSpec(batched_restarts=False))")
     largest = _largest_resolution(entry, resolution, batch_size, restarts, budget)
     if largest is not None:
         options.append(f"an input size <= {largest} at batch size {batch_size}")

@@ -330,7 +330,7 @@ class Pack:
         return self.input_size or self.entry().default_size
 
     def plan(self, *, device: Any = None, restarts: int = 1) -> Plan:
-        """Expand and validate the grid before any compute; ``device`` and ``restarts`` (batched restarts of
+        """Expand and validate the grid before any compute; ``device`` and ``restarts`` (stacked restarts of
         the attack) are what the memory check judges each configuration against.
 
         Raises:

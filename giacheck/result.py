@@ -121,7 +121,8 @@ class Threat(_Part):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Timings(_Part):
-    """Wall-clock seconds of each stage of the case."""
+    """Wall-clock seconds of each stage of the trial; ``attack_s`` is this trial's share of an attack run stacked
+    with the case's other trials, and ``total_s`` the sum of the stages."""
 
     build_s: float
     client_s: float

@@ -28,6 +28,7 @@ from giacheck.attack import (
     select_proxy_stats,
 )
 from giacheck.attack.bnstats import elements_per_channel
+from giacheck.attack.invert import MAX_STACKED
 from giacheck.attack.objective import Replica
 from giacheck.client import ClientUpdate, bn_modules, simulate_update
 from giacheck.data import POOL_LIMIT, ImageBatch, ImageSource, disjoint_pool, heldout_pool, open_source
@@ -140,10 +141,10 @@ def run_trials(
     ``giacheck.attack.invert_trials``), else one after another; then each trial is scored. Arguments as
     :func:`run_case`'s, ``options`` one per trial.
     """
-    pending = [_pending(case, profile, device, replace(o, weights=str(weights)) if weights is not None else o)
-               for o in options]
+    pending = [_pending(case, profile, device, replace(o, weights=str(weights)) if weights is not None else o,
+                        trials=len(options)) for o in options]
     results: list[Result | None] = [None] * len(pending)
-    for group in _same_model(pending):
+    for group in _attack_groups(pending):
         start = time.perf_counter()
         recs = _attack_group([pending[i] for i in group])
         share = (time.perf_counter() - start) / len(group)
@@ -154,9 +155,9 @@ def run_trials(
     return results
 
 
-def _pending(case: Case | str, profile: str, device: str, options: RunOptions) -> _Pending:
+def _pending(case: Case | str, profile: str, device: str, options: RunOptions, *, trials: int) -> _Pending:
     marks = [time.perf_counter()]
-    setup = _prepare(_with_weights_state(case, options), profile, device, options)
+    setup = _prepare(_with_weights_state(case, options), profile, device, options, trials=trials)
     marks.append(time.perf_counter())
     update = simulate_update(setup.model, setup.batch.images.to(setup.device), setup.labels, setup.case.client,
                              seed=setup.options.seeds["client"])
@@ -167,12 +168,15 @@ def _pending(case: Case | str, profile: str, device: str, options: RunOptions) -
     return _Pending(setup=setup, update=update, knowledge=knowledge, durations=(build_s, client_s, prepare_s))
 
 
-def _same_model(pending: list[_Pending]) -> list[list[int]]:
-    """Trial indices grouped by identical global model (equal parameters and buffers), in order."""
+def _attack_groups(pending: list[_Pending]) -> list[list[int]]:
+    """Trial indices grouped by attack, budget and identical global model (equal parameters and buffers), in
+    order: the trials one attack call may run together."""
     groups: list[list[int]] = []
     for i, p in enumerate(pending):
         for group in groups:
-            if _equal_models(pending[group[0]].setup.model, p.setup.model):
+            first = pending[group[0]].setup
+            if (first.case.attack, first.spec) == (p.setup.case.attack, p.setup.spec) \
+                    and _equal_models(first.model, p.setup.model):
                 group.append(i)
                 break
         else:
@@ -190,7 +194,7 @@ def _attack_group(group: list[_Pending]) -> list[Any]:
     """The attacks of trials on one global model: together through ``attack.trials`` where the attack has it."""
     first = group[0].setup
     together = getattr(first.attack, "trials", None)
-    if len(group) > 1 and together is not None:
+    if len(group) > 1 and callable(together):
         return list(together(first.model, [Trial(update=p.update, labels=p.knowledge.labels, stats=p.knowledge.stats,
                                                  init=p.knowledge.init, seed=p.setup.options.seed) for p in group]))
     return [p.setup.attack(p.setup.model, p.update, labels=p.knowledge.labels, stats=p.knowledge.stats,
@@ -220,16 +224,19 @@ def _with_weights_state(case: Case | str, options: RunOptions) -> Case:
     return case.with_(state="ckpt") if options.weights is not None and case.state == "random" else case
 
 
-def _prepare(case: Case, profile: str, device: str, options: RunOptions) -> _Setup:
-    """Look up and check everything, then build the global model and draw the client's batch."""
+def _prepare(case: Case, profile: str, device: str, options: RunOptions, *, trials: int = 1) -> _Setup:
+    """Look up and check everything, then build the global model and draw the client's batch; the memory check
+    counts the attacks that may run stacked with this one (``trials`` of the case, each ``spec.restarts``)."""
     spec = options.budget or get_profile(profile).attack
     entry = get_entry(case.model.name)
     task = get_task(entry.task)
     source = open_source(options.data, num_classes=entry.num_classes)
     source.verify()  # every image decodes (remembered within a process): a bad file is named before compute
     torch_device = resolve_device(device)
+    per_chunk = max(1, MAX_STACKED // spec.restarts)
     check_case(case, entry=entry, source=source, device=torch_device,
-               restarts=spec.restarts if spec.batched_restarts and task.batchable_trials else 1)
+               restarts=spec.restarts * min(trials, per_chunk) if spec.batched_restarts and task.batchable_trials
+               else 1)
     if options.weights is not None:
         check_weights_file(options.weights)  # readable, safe and finite: before the model is built
     attack = make_attack(case.attack, spec if task.batchable_trials else replace(spec, batched_restarts=False))

@@ -58,6 +58,15 @@ class SharedResults:
             self._save(path, {"key": key, "result": result, "wall_s": wall})
             return result, wall, False
 
+    def put(self, key: str, result: Any, wall: float) -> None:
+        """Store a result computed alongside another (a case's trials run together) under its own key."""
+        if fcntl is None:
+            return
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        with self._locked(self.folder / f"{digest}.lock"):
+            if self._load(self.folder / f"{digest}.pt", key) is None:
+                self._save(self.folder / f"{digest}.pt", {"key": key, "result": result, "wall_s": wall})
+
     @contextlib.contextmanager
     def _locked(self, lock: Path) -> Iterator[None]:
         self.folder.mkdir(parents=True, exist_ok=True)

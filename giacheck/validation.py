@@ -1,7 +1,7 @@
 """Reject a case that makes no sense before any compute, saying what was given and what is valid (opacus style).
 
 Besides the axes of the grammar, a case must fit in memory (:mod:`giacheck.memory`): the estimate for its model,
-resolution, batch size and batched restarts against the memory the device has.
+resolution, batch size and stacked attacks against the memory the device has.
 """
 
 from __future__ import annotations

@@ -261,8 +261,8 @@ ROWS = [
         ("resnet18-224-bn_eval-bs64-stats_none", "memory: an estimated", "batch size 64", "measured on the meta "
          "device", "4.0 GiB of host memory available", "valid: batch size <= ")),
     Row("memory-batched-restarts-on-cuda", _restarts_on_cuda, InvalidCaseError,
-        ("vit_b16-224", "x 8 batched restarts", "8.0 GiB of free memory on cuda:0 available "
-         "(torch.cuda.mem_get_info)", "valid: restarts run one after another")),
+        ("vit_b16-224", "x 8 stacked attacks", "8.0 GiB of free memory on cuda:0 available "
+         "(torch.cuda.mem_get_info)", "valid: attacks run one after another")),
 ]
 
 
@@ -305,7 +305,7 @@ SUITE_MODELS = [
 def test_the_suites_cases_fit_a_24_gib_machine(model: str, resolution: int, suite_bs: int,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """With 22 GiB free (a 24 GiB machine) the memory check passes every case the suites run: at batch size 8 with
-    one restart at a time, and on a GPU at the suites' batch size with the paper profile's 8 batched restarts."""
+    one restart at a time, and on a GPU at the suites' batch size with the paper profile's 8 stacked restarts."""
     _budget(monkeypatch, host=22, cuda=22)
     case = Case.parse(f"{model}-{resolution}-bn_eval-bs8-stats_none")
     assert validate(case, device="cpu") == []

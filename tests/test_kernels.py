@@ -72,7 +72,7 @@ def test_accelerate_leaves_other_convolutions_alone() -> None:
 
 
 def test_depthwise_conv_composes_with_func_grad_and_vmap() -> None:
-    """The batched-restarts path: vmap over restarts of grad(x ↦ cosine(grad_θ loss(x)))."""
+    """The kernel composes with torch.func: vmap over restarts of grad(x ↦ cosine(grad_θ loss(x)))."""
     torch.manual_seed(0)
     stock = _Block().double()
     fast = copy.deepcopy(stock)

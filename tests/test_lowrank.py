@@ -104,7 +104,8 @@ def test_fedavg_updates_are_not_factored() -> None:
 
 
 def test_the_functional_path_stays_stock_and_agrees() -> None:
-    """Batched restarts (vmap) and the final values use the functional path; it must give the same number."""
+    """Looped attacks' final values, proxy selection and the objective at the truth use the functional path; it
+    must give the same number."""
     fast, _ = _replicas(_Net(), BNMode.TRAIN)
     x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
     with torch.no_grad():

@@ -285,7 +285,7 @@ def test_detection_case_runs_end_to_end_with_box_targets() -> None:
                       options=RunOptions(budget=AttackSpec(iterations=2, restarts=2)))
     assert result.manifest.images == ("bus",)
     assert 0.0 <= result.ssim_mean <= 1.0
-    assert result.attack.batched is False  # the detection loss's target assignment does not vmap
+    assert result.attack.batched is False  # the detection loss couples the batch: restarts are not stacked
 
 
 def test_train_mode_batchnorm_with_one_value_per_channel_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -311,3 +311,26 @@ def test_result_state_round_trips_through_a_weights_only_load(tmp_path) -> None:
     for part in ("attack", "oracle", "threat", "timings", "manifest"):  # typed parts come back typed and equal
         assert getattr(back, part) == getattr(result, part), part
     assert torch.equal(back.original, result.original) and torch.equal(back.reconstruction, result.reconstruction)
+
+
+def test_run_trials_groups_only_trials_with_the_same_budget() -> None:
+    """Trials with different budgets never share one attack call: each result runs (and records) its own."""
+    from giacheck.runner import run_trials
+
+    options = [RunOptions(budget=AttackSpec(iterations=2)), RunOptions(budget=AttackSpec(iterations=3))]
+    results = run_trials("lenet_sigmoid-32-bn_eval-bs1-stats_none", options=options)
+    assert [r.iterations for r in results] == [2, 3]
+    assert [len(r.curve) for r in results] == [2, 3]
+    assert [r.attack.spec.iterations for r in results] == [2, 3]
+
+
+def test_run_trials_stacks_a_challenge_set_and_keeps_its_order() -> None:
+    from giacheck.runner import run_trials
+
+    options = [RunOptions(image=name, budget=AttackSpec(iterations=2)) for name in ("zidane", "rocket")]
+    results = run_trials("lenet_sigmoid-32-bn_eval-bs1-stats_none", options=options)
+    assert [r.reid.image for r in results] == ["zidane", "rocket"]
+    assert all(r.attack.batched for r in results)
+    single = run_case("lenet_sigmoid-32-bn_eval-bs1-stats_none", options=options[1])
+    assert not single.attack.batched
+    torch.testing.assert_close(single.original, results[1].original)

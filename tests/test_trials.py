@@ -229,3 +229,67 @@ def test_the_stacked_path_runs_on_the_meta_device(name: str, mode: BNMode, batch
     total, dist = replica.objective(AttackSpec())(x)
     assert total.shape == dist.shape == (K,) and total.device.type == "meta"
     assert torch.autograd.grad(total.sum(), x)[0].shape == x.shape
+
+
+# ------------------------------------------------------------------------------------- review regressions
+class _TokenBN(nn.Module):
+    """BatchNorm over tokens flattened into the batch (timm LeViT's LinearNorm): rows are not images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 2, stride=2)
+        self.fc = nn.Linear(8, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = self.bn(self.fc(t).flatten(0, 1)).reshape(t.shape)
+        return self.head(torch.tanh(t).mean(1))
+
+
+def test_ghost_batches_split_by_trial_whatever_a_batchnorm_sees_as_rows() -> None:
+    model = _TokenBN().double()
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(K, 2, 3, 4, 4, generator=gen, dtype=torch.float64)
+    labels = [torch.randint(0, 4, (2,), generator=gen) for _ in range(K)]
+    updates = [simulate_update(model, images[i], labels[i], ClientSpec(bn_mode=BNMode.TRAIN, batch_size=2))
+               for i in range(K)]
+    x = torch.rand(K, 2, 3, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    v_loop, g_loop = _looped(model, updates, labels, [None] * K, AttackSpec(), x)
+    v_stack, g_stack = _stacked(model, updates, labels, [None] * K, AttackSpec(), x)
+    torch.testing.assert_close(v_stack, v_loop, atol=1e-12, rtol=1e-10)
+    assert float((g_stack - g_loop).norm() / g_loop.norm()) < 1e-10
+
+
+def test_a_rule_that_fails_on_the_probe_falls_back_with_its_reason() -> None:
+    """Train-mode BatchNorm with one value per channel (bs1, tokens pooled away) raises inside the engine."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 6), nn.BatchNorm1d(6), nn.Linear(6, 4))
+    gen = torch.Generator().manual_seed(0)
+    labels = [torch.randint(0, 4, (1,), generator=gen) for _ in range(K)]
+    updates = [simulate_update(model, torch.rand(1, 3, 4, 4, generator=gen), y, ClientSpec(bn_mode=BNMode.EVAL))
+               for y in labels]
+    updates = [dataclasses.replace(u, bn_mode=BNMode.TRAIN) for u in updates]
+    replica, reason = StackedReplica.build(model, updates, labels, [None] * K)
+    assert replica is None and "failed on the probe" in reason and "ValueError" in reason
+
+
+def test_bad_updates_are_refused_stacked_as_alone() -> None:
+    from giacheck.errors import InvalidUpdateError
+
+    model, updates, labels, _ = _trials("lenet_sigmoid", BNMode.EVAL, 1, dtype=torch.float32)
+    name = next(iter(updates[1].tensors))
+    nan = dataclasses.replace(updates[1], tensors={**updates[1].tensors,
+                                                   name: torch.full_like(updates[1].tensors[name], float("nan"))})
+    with pytest.raises(InvalidUpdateError, match="NaN"):
+        invert_trials(model, [Trial(update=u, labels=y) for u, y in zip([updates[0], nan], labels, strict=False)],
+                      spec=AttackSpec(iterations=1))
+
+
+def test_the_window_attention_override_is_removed_even_when_the_forward_fails() -> None:
+    model, updates, labels, _ = _trials("swin_t_cifar", BNMode.EVAL, 1, dtype=torch.float32)
+    replica = StackedReplica(model, updates, labels, [None] * K)
+    with pytest.raises(RuntimeError):
+        replica.terms(torch.rand(K, 1, 3, 31, 31, requires_grad=True))  # a shape the windows do not fit
+    attention = [m for m in replica.net.modules() if type(m).__name__ == "WindowAttention"]
+    assert attention and not any("_get_rel_pos_bias" in vars(m) for m in attention)

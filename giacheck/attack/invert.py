@@ -130,8 +130,10 @@ def invert_trials(model: nn.Module, trials: Sequence[Trial], *, spec: AttackSpec
     """Run every trial's attack (each with ``spec.restarts`` restarts) on one global model: stacked as one
     forward and one double backward (``trials.py``) when ``spec.batched_restarts`` and the math allow it,
     else one restart after another. Trials are stacked in chunks of at most :data:`MAX_STACKED` attacks
-    (restarts × trials; a trial's restarts always together), in order, so memory stays that of K = 8.
-    Returns one :class:`Reconstruction` per trial, in order."""
+    (restarts × trials; a trial's restarts always together, so a trial with more restarts stacks them all), in
+    order. Returns one :class:`Reconstruction` per trial, in order."""
+    for t in trials:
+        _initial(t, spec)  # a malformed init is refused before any attack runs
     per_chunk = max(1, MAX_STACKED // spec.restarts)
     out: list[Reconstruction] = []
     for start in range(0, len(trials), per_chunk):
@@ -214,6 +216,7 @@ def _optimize(x0: torch.Tensor, step, final, spec: AttackSpec, log_every: int):
     opt = torch.optim.Adam([x], lr=spec.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=lr_milestones(spec.iterations), gamma=0.1)
     curve = torch.empty(spec.iterations, x.shape[0], device=x.device)
+    _sync(x.device)
     start = time.perf_counter()
     for it in range(spec.iterations):
         g, value = step(x.detach())
@@ -226,7 +229,13 @@ def _optimize(x0: torch.Tensor, step, final, spec: AttackSpec, log_every: int):
         if log_every and (it + 1) % log_every == 0:
             log.debug("iteration %d/%d objective %s", it + 1, spec.iterations, curve[it].tolist())
     finals = final(x.detach())
+    _sync(x.device)  # a GPU's queue drained: the time is the attack's
     return x.detach(), curve, finals, time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _reconstruction(x: torch.Tensor, curve: torch.Tensor, totals: torch.Tensor, dists: torch.Tensor, labels: Any,

@@ -27,7 +27,7 @@ from giacheck.defences import make_defences
 from giacheck.errors import InvalidUpdateError
 from giacheck.specs import AttackSpec, BNMode, UpdateKind
 
-__all__ = ["Replica", "total_variation"]
+__all__ = ["Replica", "check_update", "total_variation"]
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ class Replica:
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.track_running_stats = False  # train: normalize with batch stats, update nothing
         named = dict(net.named_parameters())
-        _check_update(update, named)
+        check_update(update, named)
         for name, p in named.items():
             p.requires_grad_(name in update.tensors)  # leaves for the autograd path; grad() ignores the flag
         self.net = net
@@ -141,7 +141,7 @@ class Replica:
         return f
 
 
-def _check_update(update: ClientUpdate, params: dict[str, nn.Parameter]) -> None:
+def check_update(update: ClientUpdate, params: dict[str, nn.Parameter]) -> None:
     """Reject updates the attack cannot use, naming the tensor: unknown names, wrong shapes, NaN/Inf, all zero."""
     if not update.tensors:
         raise InvalidUpdateError("the client update holds no tensors")

@@ -8,7 +8,8 @@ the update distance needs (``distance.py``) — the way per-sample-gradient engi
 
 - ``nn.Linear`` / ``nn.Conv2d`` (groups 1): ``g_k = G_kᵀ A_k`` (``A`` the input rows, im2col patches for a
   convolution), factored with block-diagonal Gram products ``Σ (G_k G_kᵀ) ∘ (A_k A_kᵀ)`` where
-  ``n_k·(in + out) < in·out`` (``lowrank.py``'s rule, per trial), else materialized per trial with one ``bmm``;
+  ``n_k·(in + out) < in·out`` (``lowrank.py``'s rule, per trial), else materialized per trial: one ``bmm`` for a
+  linear layer, the convolution's own weight-gradient kernel with the trials as K groups for a convolution;
 - giacheck's depthwise convolution (``kernels.py``): the weight gradient as one grouped convolution over K·C groups;
 - BatchNorm (eval, or per trial in train mode: ghost batches), LayerNorm (timm's ``LayerNorm2d`` included),
   GroupNorm: ``Σ G ∘ x̂`` and ``Σ G`` over the trial's rows, ``x̂`` the normalized input;
@@ -37,25 +38,26 @@ Terms = tuple[torch.Tensor, torch.Tensor]  # (⟨g_k, T_k⟩ (K,), ‖g_k‖² (
 
 
 class GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """A train-mode BatchNorm that normalizes each trial's rows by their own batch statistics (``ghost`` rows per
-    trial), so K stacked trials compute exactly what K separate client batches would. In eval mode: stock."""
+    """A train-mode BatchNorm that normalizes each trial's rows by their own batch statistics, so K stacked trials
+    compute exactly what K separate client batches would: the input's leading axis is split into ``trials`` equal,
+    trial-major groups (whatever the layer's rows are: images, or tokens flattened into the batch). In eval mode,
+    or for one trial: stock."""
 
-    ghost: int = 0  # rows per trial; 0: the whole batch
+    trials: int = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not self.ghost or self.ghost == x.shape[0]:
+        if not self.training or self.trials == 1:
             return super().forward(x)
-        k = x.shape[0] // self.ghost
+        k = self.trials
         weight = self.weight.repeat(k) if self.weight is not None else None
         bias = self.bias.repeat(k) if self.bias is not None else None
-        return _unghost(F.batch_norm(_ghost_view(x, self.ghost), None, None, weight, bias, True, 0.0, self.eps), x)
+        return _unghost(F.batch_norm(_ghost_view(x, k), None, None, weight, bias, True, 0.0, self.eps), x)
 
     def normalized(self, x: torch.Tensor) -> torch.Tensor:
         """``x̂``: the input normalized as :meth:`forward` does, before the affine weight and bias."""
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, None, None, False, 0.0, self.eps)
-        ghost = self.ghost or x.shape[0]
-        return _unghost(F.batch_norm(_ghost_view(x, ghost), None, None, None, None, True, 0.0, self.eps), x)
+        return _unghost(F.batch_norm(_ghost_view(x, self.trials), None, None, None, None, True, 0.0, self.eps), x)
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:
@@ -87,9 +89,19 @@ class _Sink:
         self.module.sink = None
 
 
-def _ghost_view(x: torch.Tensor, ghost: int) -> torch.Tensor:
+class _Restore:
+    """A handle that removes an instance attribute a rule set (the class's own attribute shows again)."""
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        self.module, self.name = module, name
+
+    def remove(self) -> None:
+        self.module.__dict__.pop(self.name, None)
+
+
+def _ghost_view(x: torch.Tensor, k: int) -> torch.Tensor:
     """(K·g, C, …) as (g, K·C, …): batch_norm over it normalizes each trial's channel by the trial's own rows."""
-    k = x.shape[0] // ghost
+    ghost = x.shape[0] // k
     return x.reshape(k, ghost, *x.shape[1:]).transpose(0, 1).reshape(ghost, k * x.shape[1], *x.shape[2:])
 
 
@@ -317,12 +329,9 @@ class _WindowAttention(_Rule):
                 b = table[:, mod.relative_position_index.view(-1)].view(k, n, n, -1).permute(0, 3, 1, 2)
                 return b.unsqueeze(1).expand(k, rows // k, *b.shape[1:]).reshape(rows, *b.shape[1:])
 
-            mod._get_rel_pos_bias = bias  # this instance, this call only
+            mod._get_rel_pos_bias = bias  # this instance, until the recording ends (_Restore)
 
-        def after(mod: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-            mod.__dict__.pop("_get_rel_pos_bias", None)
-
-        return [self.module.register_forward_pre_hook(before), self.module.register_forward_hook(after)]
+        return [self.module.register_forward_pre_hook(before), _Restore(self.module, "_get_rel_pos_bias")]
 
     def gradient_sources(self, calls, sources):
         return sources

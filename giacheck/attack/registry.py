@@ -34,7 +34,11 @@ class Attack(Protocol):
 
     An attack may also expose ``objective(model, update, images, *, labels, stats) -> float``, its objective at
     given images: the scoring side evaluates it at the true images, on a fresh instance after the attack ran, to
-    label a negative attack- or information-limited (:mod:`giacheck.diagnostics`)."""
+    label a negative attack- or information-limited (:mod:`giacheck.diagnostics`).
+
+    And it may expose ``trials(model, trials: Sequence[giacheck.attack.Trial]) -> list[Reconstruction]``: several
+    attacks on one global model at once (a case's challenge set), one reconstruction per trial in order; the
+    runner then calls it instead of ``__call__`` once per trial (the built-in attack stacks them)."""
 
     def __call__(self, model: nn.Module, update: ClientUpdate, *, labels: Any, stats: NormTarget | None,
                  init: torch.Tensor | None, seed: int) -> Reconstruction: ...

@@ -3,24 +3,28 @@
 A trial is one attack: its own image batch (B images), labels, client update and statistics target; restarts
 of one attack are trials that share an update. :class:`StackedReplica` stacks the trials' images along the batch
 axis, runs the replica once, takes one backward of ``Σ_k L_k`` to every layer's output and forms each trial's
-update distance from per-trial terms (``pertrial.py``), so no per-trial weight gradient of a large layer is ever
-formed and no convolution becomes a grouped one. The objective of trial k depends only on trial k's images, so
-one backward of ``Σ_k objective_k`` gives every trial its own gradient, and one Adam over the stack is exactly K
-Adams (element-wise).
+update distance from per-trial terms (``pertrial.py``): the forward and backward convolutions keep their own
+kernels at K times the batch (no per-trial weights, so none becomes a grouped convolution as under ``vmap``), and
+a large layer's per-trial weight gradient is factored where it has few rows. The objective of trial k depends only
+on trial k's images, so one backward of ``Σ_k objective_k`` gives every trial its own gradient, and one Adam over
+the stack is exactly K Adams (element-wise). The same math as K separate attacks (float64: 1e-10,
+``tests/test_trials.py``); in float32 a trial's rounding depends on the trials it is stacked with.
 
 Where the math does not allow it, :func:`stacking_refusal` says why and the attacks run one after another:
 a multi-step (FedAvg) update or a defence (each trial's parameters move apart), detection targets, trials
 that differ in shape, BN mode or shared tensors, a module whose own parameters no rule covers, a train-mode
-BatchNorm of another kind. The engine is checked once per replica on seeded probes against each trial's
-materialized gradient, as ``lowrank.py`` checks its plan; a disagreement refuses stacking.
+BatchNorm of another kind or one without running statistics, and on a CPU a model whose activations are large
+(:data:`CPU_STACK_ELEMENTS`). The engine is checked once per replica on seeded probes against each trial run
+alone, as ``lowrank.py`` checks its plan; a disagreement, or a rule that fails on the probe, refuses stacking.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +33,7 @@ from torch import nn
 from giacheck.attack.bnstats import NormTarget, stats_prior
 from giacheck.attack.distance import from_terms
 from giacheck.attack.kernels import accelerate
+from giacheck.attack.objective import check_update
 from giacheck.attack.pertrial import GhostBatchNorm, GhostBatchNormAct, Taps, make_rule, uncovered
 from giacheck.client import ClientUpdate, loss_of
 from giacheck.specs import AttackSpec, BNMode, UpdateKind
@@ -61,6 +66,11 @@ def stacking_refusal(model: nn.Module, updates: Sequence[ClientUpdate], labels: 
                   and not _is_bn_act(m)]
         if others:
             return f"train-mode BatchNorm of a kind without ghost batches: {others[0]}"
+    else:
+        batch_stats = [n for n, m in model.named_modules()
+                       if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None]
+        if batch_stats:  # eval mode without running statistics normalizes by the batch: trials would mix
+            return f"BatchNorm without running statistics (normalizes by the batch in eval mode): {batch_stats[0]}"
     device = next(model.parameters()).device
     if device.type == "cpu" and (largest := largest_activation(model, first.input_shape)) > CPU_STACK_ELEMENTS:
         return (f"on a CPU, a trial's largest activation ({largest} elements, more than {CPU_STACK_ELEMENTS}) "
@@ -96,7 +106,7 @@ def largest_activation(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return largest
 
 
-def _replica_net(model: nn.Module, bn_mode: BNMode, ghost: int) -> nn.Module:
+def _replica_net(model: nn.Module, bn_mode: BNMode, trials: int) -> nn.Module:
     """The attacker's copy: giacheck's kernels, the client's BN mode, BatchNorm frozen and ghost-batched."""
     net = copy.deepcopy(model)
     accelerate(net)
@@ -104,7 +114,7 @@ def _replica_net(model: nn.Module, bn_mode: BNMode, ghost: int) -> nn.Module:
     for module in net.modules():
         if type(module) in _BN_TYPES or _is_bn_act(module):
             module.__class__ = GhostBatchNormAct if _is_bn_act(module) else GhostBatchNorm
-            module.ghost = ghost
+            module.trials = trials
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.track_running_stats = False  # train: normalize with batch stats, update nothing
     return net
@@ -124,7 +134,7 @@ class StackedReplica:
         first = updates[0]
         self.k, self.batch = len(updates), first.input_shape[0]
         self.input_shape = first.input_shape
-        net = _replica_net(model, first.bn_mode, self.batch)
+        net = _replica_net(model, first.bn_mode, self.k)
         names = set(first.tensors)
         self.net, self.labels, self.stats = net, list(labels), list(stats)
         self.loss = loss_of(net)
@@ -162,11 +172,17 @@ class StackedReplica:
             return None, "a single trial"
         if {s is None for s in stats} == {True, False} or len({tuple(s.mean) for s in stats if s}) > 1:
             return None, "trials differ in their statistics target"
+        params = dict(model.named_parameters())
+        for update in {id(u): u for u in updates}.values():
+            check_update(update, params)  # bad input is an error, stacked or not
         reason = stacking_refusal(model, updates, labels)
         if reason is not None:
             return None, reason
-        replica = cls(model, updates, labels, stats)
-        problem = replica._check()
+        try:
+            replica = cls(model, updates, labels, stats)
+            problem = replica._check()
+        except (RuntimeError, ValueError) as exc:  # a layer the rules do not fit: the loop still runs it
+            return None, f"the stacked replica failed on the probe ({type(exc).__name__}: {exc})"
         return (replica, None) if problem is None else (None, problem)
 
     def terms(self, x: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -215,33 +231,58 @@ class StackedReplica:
 
     def _check(self) -> str | None:
         """The stacked terms equal each trial's materialized ones on seeded probes (1e-3 relative, as
-        ``lowrank.py``'s check): float rounding is ~1e-6, a rule that does not fit the model is far more."""
+        ``lowrank.py``'s check): float rounding is ~1e-6, a rule that does not fit the model is far more. The
+        reference runs every trial alone through the stock path (one ghost group, so a train-mode BatchNorm is
+        stock), with TF32 off so that a GPU's rounding is not mistaken for a wrong rule."""
         gen = torch.Generator(device="cpu").manual_seed(0)
         x = torch.rand((self.k, *self.input_shape), generator=gen).to(next(self.net.parameters()))
-        dot, norm = (t.detach() for t in self.terms(x.requires_grad_(True))[:2])
-        params = self.update_params
-        flags = {n: p.requires_grad for n, p in params.items()}
-        for p in params.values():
-            p.requires_grad_(True)
-        try:
-            refs = [torch.autograd.grad(self.loss(self.net(x[i]), self.labels[i]), list(params.values()),
-                                        allow_unused=True) for i in range(self.k)]
-        finally:
-            for n, p in params.items():
-                p.requires_grad_(flags[n])
-        for i, grads in enumerate(refs):
-            ref_dot = ref_norm = 0.0
-            for (n, _), g in zip(params.items(), grads, strict=True):
-                if g is not None:
-                    t = self.targets[n.rpartition(".")[0]][n.rpartition(".")[2]][i]
-                    ref_dot += float((g.double() * t.double()).sum())
-                    ref_norm += float(g.double().pow(2).sum())
+        with _full_precision():
+            dot, norm = (t.detach() for t in self.terms(x.requires_grad_(True))[:2])
+            refs = self._reference_terms(x.detach())
+        for i, (ref_dot, ref_norm) in enumerate(refs):
             scale = math.sqrt(ref_norm) * float(self.target_norm[i])
             if abs(float(dot[i]) - ref_dot) > 1e-3 * scale or abs(float(norm[i]) - ref_norm) > 1e-3 * ref_norm:
                 return (f"the stacked per-trial terms disagree with trial {i}'s gradient (<g,t> {float(dot[i]):.6g} "
                         f"vs {ref_dot:.6g}, |g|^2 {float(norm[i]):.6g} vs {ref_norm:.6g}): a parameter is used "
                         "outside its module's call, or samples interact")
         return None
+
+    def _reference_terms(self, x: torch.Tensor) -> list[tuple[float, float]]:
+        """Each trial's ``(⟨g, T⟩, ‖g‖²)`` from its materialized gradient, the trial run alone."""
+        params = self.update_params
+        flags = {n: p.requires_grad for n, p in params.items()}
+        ghosts = [m for m in self.net.modules() if isinstance(m, GhostBatchNorm)]
+        for p in params.values():
+            p.requires_grad_(True)
+        for m in ghosts:
+            m.trials = 1
+        out = []
+        try:
+            for i in range(self.k):
+                grads = torch.autograd.grad(self.loss(self.net(x[i]), self.labels[i]), list(params.values()),
+                                            allow_unused=True)
+                dot = norm = 0.0
+                for n, g in zip(params, grads, strict=True):
+                    if g is not None:
+                        module, _, local = n.rpartition(".")
+                        dot += float((g.double() * self.targets[module][local][i].double()).sum())
+                        norm += float(g.double().pow(2).sum())
+                out.append((dot, norm))
+        finally:
+            for n, p in params.items():
+                p.requires_grad_(flags[n])
+            for m in ghosts:
+                m.trials = self.k
+        return out
+
+
+@contextlib.contextmanager
+def _full_precision() -> Iterator[None]:
+    """cuDNN without TF32 (its default on Ampere and later), for the probe check only."""
+    cudnn = torch.backends.cudnn
+    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                     allow_tf32=False):
+        yield
 
 
 def _stack(tensors: list[torch.Tensor], same: bool) -> torch.Tensor:

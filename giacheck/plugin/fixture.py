@@ -124,14 +124,33 @@ class GiaFixture:
             results = run_trials(case, profile=self.profile, device=self.device, options=per_trial)
             return results, (time.perf_counter() - start) / len(results)  # each trial's share
 
+        def compute_one(o: RunOptions) -> tuple[Result, float]:  # a trial no longer stored: run alone
+            start = time.perf_counter()
+            return run_trials(case, profile=self.profile, device=self.device, options=[o])[0], \
+                time.perf_counter() - start
+
         if self.shared is None:
             results, wall = compute()
             return [_Cached(r, wall, "computed") for r in results]
-        # stored as plain values and tensors, so that workers load it with weights_only=True
-        key = json.dumps(keys) if len(keys) > 1 else keys[0]
-        states, wall, reused = self.shared.get_or_compute(key, lambda: _as_states(*compute()))
-        return [_Cached(Result.from_state(state), wall, "another worker" if reused else "computed")
-                for state in states]
+        # Each trial is stored under its own key, as plain values and tensors (workers load it with
+        # weights_only=True). The first key's lock guards the group: a worker that needs the same trials waits
+        # for it, then finds the others stored beside it.
+        stored_here: set[str] = set()
+
+        def compute_first() -> tuple[dict[str, Any], float]:
+            results, wall = compute()
+            for k, r in zip(keys[1:], results[1:], strict=True):
+                self.shared.put(k, r.to_state(), wall)
+                stored_here.add(k)
+            return results[0].to_state(), wall
+
+        out = []
+        for i, (key, o) in enumerate(zip(keys, per_trial, strict=True)):
+            state, wall, reused = self.shared.get_or_compute(
+                key, compute_first if i == 0 else (lambda o=o: _as_state(*compute_one(o))))
+            origin = "computed" if key in stored_here or not reused else "another worker"
+            out.append(_Cached(Result.from_state(state), wall, origin))
+        return out
 
     def trials(self, case: str | Case, *, options: RunOptions | None = None) -> CaseTrials:
         """Run ``case`` over the profile's challenge set (every private image under every seed) and combine the
@@ -332,8 +351,8 @@ def _payload(*, suite: str, profile: str, nodeid: str, baselines_root: Path, tri
                                   baselines_root=baselines_root)
 
 
-def _as_states(results: list[Any], wall: float) -> tuple[list[dict[str, Any]], float]:
-    return [r.to_state() for r in results], wall
+def _as_state(result: Any, wall: float) -> tuple[dict[str, Any], float]:
+    return result.to_state(), wall
 
 
 _CACHE = pytest.StashKey[dict]()
