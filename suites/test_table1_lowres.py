@@ -39,8 +39,8 @@ ADAPTED = f"convnext_t_cifar-32-bn_eval-bs1-stats_none{S}"
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "inconclusive in smoke, warm-started: no image re-identified (rocket SSIM 0.040, rank 52 of 257; zidane 0.071, "
-    "rank 191), but attack-limited on rocket (objective 0.0089 above the truth's 0.0013; zidane reached it), and "
+    "inconclusive in smoke, warm-started: no image re-identified (rocket SSIM 0.067, rank 56 of 257; zidane 0.016, "
+    "rank 248), but attack-limited on rocket (objective 0.0056 above the truth's 0.0013; zidane reached it), and "
     "the claim needs information-limited; at random initialization rocket was re-identified (0.592, rank 1) although "
     "information-limited (README, model-state table)"))
 def test_adapted_convnext_infeasible(gia) -> None:

@@ -50,11 +50,6 @@ def test_control_is_reidentified_on_user_images(gia, user_images: RunOptions) ->
     gia.feasible(CONTROL_32, options=user_images)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fails in smoke, warm-started, at the rule's own false-alarm level: Grace Hopper's reconstruction (SSIM 0.028, "
-    "chance q95 0.022) ranks 2nd of 85, p 0.0235 against the Bonferroni threshold 0.025; the attack stops at "
-    "objective 0.41, 83x the truth's. With 2 images and an 84-view pool a case carrying no information is called "
-    "leaking with probability up to 0.05 (README, model-state table)"))
 def test_training_mode_update_is_infeasible_on_user_images(gia, user_images: RunOptions) -> None:
     gia.infeasible(f"resnet18_cifar-32-bn_train-bs1-stats_none{S}", control=CONTROL_32, needs="attack-limited",
                    options=user_images)
