@@ -20,10 +20,12 @@ def test_bench_reports_one_row_per_model_with_stacked_and_sequential_trials(caps
     assert report["threads"] >= 1
 
 
-def test_bench_names_why_a_model_runs_one_after_another(capsys) -> None:
-    assert main(["bench", "--models", "convnext_t_cifar", "--trials", "2", "--steps", "1", "--repeats", "1"]) == 0
+def test_bench_names_why_a_model_runs_one_after_another(capsys, monkeypatch) -> None:
+    """A model the CPU rule refuses (ConvNeXt-T at 32 px in the default set; here LeNet under a zero limit)."""
+    monkeypatch.setattr("giacheck.attack.trials.CPU_STACK_ELEMENTS", 0)
+    assert main(["bench", "--models", "lenet_sigmoid", "--trials", "2", "--steps", "1", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    assert "convnext_t_cifar: runs one after another: on a CPU" in out
+    assert "lenet_sigmoid: runs one after another: on a CPU, a trial's largest activation" in out
 
 
 def test_bench_measures_peak_memory_in_fresh_processes(capsys) -> None:

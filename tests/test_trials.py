@@ -102,7 +102,7 @@ def test_invert_trials_reconstructs_as_separate_attacks_in_float64(name: str, mo
     gen = torch.Generator().manual_seed(4)
     trials = [Trial(update=u, labels=y, init=torch.rand(2, batch, 3, 32, 32, generator=gen, dtype=torch.float64))
               for u, y in zip(updates, labels, strict=True)]
-    spec = AttackSpec(iterations=4, restarts=2)
+    spec = AttackSpec(iterations=2, restarts=2)
     stacked = invert_trials(model, trials, spec=spec)
     alone = invert_trials(model, trials, spec=dataclasses.replace(spec, batched_restarts=False))
     for s, a in zip(stacked, alone, strict=True):
@@ -289,7 +289,17 @@ def test_bad_updates_are_refused_stacked_as_alone() -> None:
 def test_the_window_attention_override_is_removed_even_when_the_forward_fails() -> None:
     model, updates, labels, _ = _trials("swin_t_cifar", BNMode.EVAL, 1, dtype=torch.float32)
     replica = StackedReplica(model, updates, labels, [None] * K)
-    with pytest.raises(RuntimeError):
-        replica.terms(torch.rand(K, 1, 3, 31, 31, requires_grad=True))  # a shape the windows do not fit
     attention = [m for m in replica.net.modules() if type(m).__name__ == "WindowAttention"]
+
+    def fail(module, args, output):
+        raise RuntimeError("a failure inside the attention's forward")
+
+    handle = attention[0].proj.register_forward_hook(fail)  # after the override is in place
+    try:
+        with pytest.raises(RuntimeError, match="inside the attention"):
+            replica.terms(torch.rand(K, 1, 3, 32, 32, requires_grad=True))
+    finally:
+        handle.remove()
     assert attention and not any("_get_rel_pos_bias" in vars(m) for m in attention)
+    total, _ = replica.objective(AttackSpec())(torch.rand(K, 1, 3, 32, 32, requires_grad=True))
+    assert total.shape == (K,)  # the replica still works
