@@ -186,6 +186,19 @@ def _bench_model(name: str, resolution: int, dev: torch.device, steps: int, repe
         attack_sequential_mb=added.get("sequential"), attack_batched_mb=added.get("batched"))
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM`` (Linux; per address space, so a spawned child's own, not
+    its parent's at the fork as ``ru_maxrss`` would report), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def _peak_memory(name: str, resolution: int, device: str, trials: int, path: str) -> tuple[float, float]:
     """Peak memory (MB) of two iterations of one path in a fresh process (a process's peak only grows), and what
     the attacks added above the setting's own peak."""
@@ -203,7 +216,7 @@ def _measure_peak(name: str, resolution: int, device: str, trials: int, path: st
     def peak() -> float:
         if dev.type == "cuda":
             return torch.cuda.max_memory_allocated(dev) / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return _peak_rss_mb()
 
     before = peak()
     if path == "batched":

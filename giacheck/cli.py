@@ -111,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                             "plus swin_t and resnet18 at 224 px with a CUDA device)")
     bench.add_argument("--resolution", type=_POSITIVE, help="input size for --models (default: each model's own)")
     bench.add_argument("--trials", type=_POSITIVE, default=8, help="attacks stacked against run in a row")
+    bench.add_argument("--threads", type=_POSITIVE, default=1, help="torch CPU threads (default: 1, as the "
+                       "suites run)")
     bench.add_argument("--memory", action="store_true",
                        help="also the peak memory of the stacked and the sequential path (each in a fresh process)")
     bench.add_argument("--kernels", nargs="*", metavar="MODEL",
@@ -379,6 +381,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from giacheck.runner import resolve_device
 
     resolve_device(args.device)
+    torch.set_num_threads(args.threads)
     if args.kernels is not None:
         return _bench_kernels(args)
     if args.resolution is not None and not args.models:

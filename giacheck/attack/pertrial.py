@@ -132,9 +132,9 @@ class Taps:
         self.calls = {name: [] for name in self.modules}
         self.sources = {name: [] for name in self.modules}
         handles = [m.register_forward_hook(self._hook(name)) for name, m in self.modules.items()]
-        for name, fn in (install or {}).items():
-            handles += fn(self.sources[name])
         try:
+            for name, fn in (install or {}).items():
+                handles += fn(self.sources[name])
             yield self
         finally:
             for h in handles:
