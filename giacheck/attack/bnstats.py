@@ -24,6 +24,7 @@ __all__ = [
     "infer_batch_stats",
     "naive_stats",
     "norm_modules",
+    "shape_forward",
     "stats_prior",
 ]
 
@@ -87,9 +88,15 @@ def elements_per_channel(model: nn.Module, input_shape: tuple[int, ...], names: 
             found.setdefault(name, args[0].numel() // args[0].shape[1])
         return hook
 
-    handles = [modules[name].register_forward_pre_hook(hook_for(name)) for name in names]
+    shape_forward(model, input_shape, [modules[name].register_forward_pre_hook(hook_for(name)) for name in names])
+    return found
+
+
+def shape_forward(model: nn.Module, input_shape: tuple[int, ...], handles: list) -> None:
+    """One no-grad forward of zeros in eval mode, for shapes only (a train-mode forward would update the global
+    model's running statistics); then ``handles`` (the hooks that read it) are removed and every mode restored."""
     modes = {m: m.training for m in model.modules()}
-    model.eval()  # shapes only: a train-mode forward would update the global model's running statistics
+    model.eval()
     try:
         param = next(model.parameters())
         with torch.no_grad():
@@ -99,7 +106,6 @@ def elements_per_channel(model: nn.Module, input_shape: tuple[int, ...], names: 
             h.remove()
         for m, training in modes.items():
             m.training = training
-    return found
 
 
 def infer_batch_stats(before: Mapping[str, BNStats], after: Mapping[str, BNStats],

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from giacheck.attack.bnstats import NormTarget, stats_prior
+from giacheck.attack.bnstats import NormTarget, shape_forward, stats_prior
 from giacheck.attack.distance import from_terms
 from giacheck.attack.kernels import accelerate
 from giacheck.attack.objective import check_update
@@ -91,18 +91,7 @@ def largest_activation(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         if isinstance(output, torch.Tensor):
             largest = max(largest, output.numel())
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        param = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros(input_shape, device=param.device, dtype=param.dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes.items():
-            m.training = training
+    shape_forward(model, input_shape, [m.register_forward_hook(hook) for m in model.modules()])
     return largest
 
 
