@@ -195,8 +195,12 @@ def _attack_group(group: list[_Pending]) -> list[Any]:
     first = group[0].setup
     together = getattr(first.attack, "trials", None)
     if len(group) > 1 and callable(together):
-        return list(together(first.model, [Trial(update=p.update, labels=p.knowledge.labels, stats=p.knowledge.stats,
+        recs = list(together(first.model, [Trial(update=p.update, labels=p.knowledge.labels, stats=p.knowledge.stats,
                                                  init=p.knowledge.init, seed=p.setup.options.seed) for p in group]))
+        if len(recs) != len(group):
+            raise GiacheckError(f"attack {first.case.attack!r}.trials returned {len(recs)} reconstructions for "
+                                f"{len(group)} trials; it returns one per trial, in order")
+        return recs
     return [p.setup.attack(p.setup.model, p.update, labels=p.knowledge.labels, stats=p.knowledge.stats,
                            init=p.knowledge.init, seed=p.setup.options.seed) for p in group]
 
