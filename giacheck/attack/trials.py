@@ -149,8 +149,7 @@ class StackedReplica:
         dtype = next(iter(first.tensors.values())).dtype
         self.target_norm = torch.stack([norms[id(u)] for u in updates]).to(dtype)
         modules = dict(net.named_modules())
-        prior_names = [n for n in (stats[0].mean if stats[0] is not None else {})]
-        self.norms = {n: modules[n] for n in prior_names}
+        self.norms = {n: modules[n] for n in stats[0].mean} if stats[0] is not None else {}
 
     @classmethod
     def build(cls, model: nn.Module, updates: Sequence[ClientUpdate], labels: Sequence[Any],
