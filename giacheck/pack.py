@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import operator
 import re
 from collections.abc import Callable, Iterator
@@ -75,6 +76,12 @@ class Grid:
     labels: tuple[LabelKnowledge, ...] = (LabelKnowledge.KNOWN,)
     defences: tuple[str, ...] = ("",)
     states: tuple[str, ...] = ("random",)  # the global model's state (giacheck.modelstate); Pack(weights=…): ckpt
+    minibatches: tuple[int | None, ...] = (None,)  # FedAvg images per local step; None (or ""): the whole batch
+    optimizers: tuple[str, ...] = ("sgd",)  # FedAvg: sgd, momentumM, nesterovM, adam
+    weight_decays: tuple[float, ...] = (0.0,)
+    lrs: tuple[float, ...] = (0.01,)  # the client's local learning rate
+    augments: tuple[str, ...] = ("none",)  # none, flip, crop, cropflip
+    hyper: tuple[str, ...] = ("known",)  # what the server knows of the local training: known, draws, unknown
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -107,11 +114,20 @@ class Grid:
 GRID_AXES = tuple(next(a for a in AXES if a.grid == f.name) for f in dataclasses.fields(Grid))  # Grid's order
 _GRID_VALID = {"bs": "positive integers", "update": "fedsgd, fedavgK with K >= 1 local steps",
                "defences": "defence chains such as clip1.5 or clip1.5+identity, '' for none",
-               "state": "random, bncal, warmN (N >= 1 SGD steps), ckpt (with Pack(weights=…))"}
+               "state": "random, bncal, warmN (N >= 1 SGD steps), ckpt (with Pack(weights=…))",
+               "mb": "positive integers up to the batch size, None or '' for the whole batch",
+               "opt": "sgd, momentumM, nesterovM (0 < M < 1), adam",
+               "wd": "finite numbers >= 0", "lr": "finite numbers > 0"}
 
 
 def _grid_value(axis: Axis, value: Any) -> Any:
     """A grid entry as the axis' value (read as an id would spell it)."""
+    if axis.numeric and axis.default is None and value in ("", None):
+        return None  # an optional count (mb): absent
+    if axis.numeric and axis.read is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise InvalidCaseError(f"{value!r} is not a finite number >= 0")
+        return float(value)
     if axis.numeric:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidCaseError(f"{value!r} is not a positive integer")
@@ -148,6 +164,7 @@ _KEYS: dict[str, Callable[[Case], Any]] = {
     **{axis.key: (lambda a: lambda c: a.get(c) if a.numeric else a.write(a.get(c)) if a.get(c) is not None
                   else "")(axis) for axis in AXES},
     "steps": lambda c: c.client.local_steps,
+    "mb": lambda c: c.client.minibatch or c.client.batch_size,  # images per local step
 }
 _NUMERIC = {axis.key for axis in AXES if axis.numeric} | {"steps"}
 
@@ -188,10 +205,10 @@ class Rule:
                     "e.g. 'bs>=8' or 'bn=train,stats=exact'")
             value: Any = m["value"]
             if m["key"] in _NUMERIC:
-                if not value.isdigit():
-                    raise InvalidPackError(f"rule {self.text!r}: {m['key']} compares with a whole number, "
+                if not re.fullmatch(r"\d+(?:\.\d+)?", value):
+                    raise InvalidPackError(f"rule {self.text!r}: {m['key']} compares with a number, "
                                            f"got {value!r}")
-                value = int(value)
+                value = float(value) if "." in value else int(value)
             elif m["op"] not in ("=", "!="):
                 raise InvalidPackError(f"rule {self.text!r}: {m['key']} takes = or !=, not {m['op']!r}")
             else:

@@ -12,6 +12,7 @@ One table, :data:`AXES`, spells the grammar: it generates ``Case.id``, ``Case.pa
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -26,7 +27,10 @@ from giacheck.errors import InvalidCaseError
 __all__ = [
     "PROFILES",
     "AttackSpec",
+    "Augment",
     "BNMode",
+    "HyperKnowledge",
+    "parse_optimizer",
     "Case",
     "ClientSpec",
     "LabelKnowledge",
@@ -78,6 +82,45 @@ class UpdateKind(StrEnum):
     FEDAVG = "fedavg"
 
 
+class Augment(StrEnum):
+    """The client's data augmentation, drawn per image and step: random crop with padding, horizontal flip."""
+
+    NONE = "none"
+    FLIP = "flip"
+    CROP = "crop"
+    CROPFLIP = "cropflip"
+
+
+class HyperKnowledge(StrEnum):
+    """What the server knows of the client's local training (FEDn, for one, sends num_examples, batch_size,
+    epochs and lr with every update).
+
+    ``known``: its configuration (optimizer, learning rate, epochs, mini-batch size, augmentation), not its random
+    draws (data order, augmentation draws): the replica draws its own order and assumes no augmentation.
+    ``draws``: the configuration and the draws of data order and augmentation (a worst case: the server holds the
+    client's seed); never a defence's noise. ``unknown``: nothing: the replica assumes one full-batch plain-SGD
+    step at learning rate 0.01 without augmentation (a weight delta read as a scaled gradient).
+    """
+
+    KNOWN = "known"
+    DRAWS = "draws"
+    UNKNOWN = "unknown"
+
+
+OPTIMIZER_PATTERN = r"sgd|adam|(?:momentum|nesterov)\d+(?:\.\d+)?"
+
+
+def parse_optimizer(text: str) -> tuple[str, float]:
+    """``"momentum0.9"`` → ``("momentum", 0.9)``; ``"sgd"`` → ``("sgd", 0.0)``; raise naming the valid forms."""
+    if isinstance(text, str) and re.fullmatch(OPTIMIZER_PATTERN, text):
+        m = re.fullmatch(r"(?P<name>[a-z]+)(?P<value>\d+(?:\.\d+)?)?", text)
+        value = float(m["value"]) if m["value"] is not None else 0.0
+        if m["name"] in ("sgd", "adam") or 0.0 < value < 1.0:
+            return m["name"], value
+    raise InvalidCaseError(f"optimizer {text!r} (valid: sgd, momentumM or nesterovM with 0 < M < 1 — SGD with that "
+                           "momentum, as torch.optim.SGD — or adam, torch.optim.Adam's defaults)")
+
+
 class LabelKnowledge(StrEnum):
     """Whether the attacker knows the labels (paper §4.3.1) or infers them (iDLG)."""
 
@@ -126,14 +169,36 @@ class ClientSpec:
     bn_mode: BNMode = BNMode.TRAIN
     batch_size: int = 1
     update: UpdateKind = UpdateKind.FEDSGD
-    local_steps: int = 1
+    local_steps: int = 1  # FedAvg: local epochs over the client's batch_size images
     local_lr: float = 0.01
     defences: tuple[str, ...] = ()  # the client's defence chain as id tokens, in order (giacheck.defences)
+    minibatch: int | None = None  # FedAvg: images per local step (None: the whole batch, one step per epoch)
+    optimizer: str = "sgd"  # FedAvg: sgd, momentumM, nesterovM or adam (parse_optimizer)
+    weight_decay: float = 0.0  # FedAvg: L2 weight decay, added to each step's gradient as torch.optim does
+    augment: Augment = Augment.NONE
 
     def __post_init__(self) -> None:
-        _coerce(self, bn_mode=BNMode, update=UpdateKind)
+        _coerce(self, bn_mode=BNMode, update=UpdateKind, augment=Augment)
         if self.update is UpdateKind.FEDSGD:
             object.__setattr__(self, "local_steps", 1)  # FedSGD shares one gradient: there are no local steps
+        parse_optimizer(self.optimizer)
+        problems = []
+        if self.update is UpdateKind.FEDSGD:
+            for name, value, default in (("minibatch", self.minibatch, None), ("optimizer", self.optimizer, "sgd"),
+                                         ("weight_decay", self.weight_decay, 0.0)):
+                if value != default:
+                    problems.append(f"{name}={value!r} with FedSGD, which shares one gradient of the whole batch "
+                                    "(valid: FedAvg, upd_fedavgK)")
+        if self.minibatch is not None and (isinstance(self.minibatch, bool) or not isinstance(self.minibatch, int)
+                                           or not 1 <= self.minibatch <= max(self.batch_size, 1)):
+            problems.append(f"minibatch={self.minibatch!r} (valid: an int in 1..batch_size={self.batch_size})")
+        if not (isinstance(self.weight_decay, int | float) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
+            problems.append(f"weight_decay={self.weight_decay!r} (valid: a finite number >= 0)")
+        if problems:
+            raise InvalidCaseError("invalid client: " + "; ".join(problems))
+        if self.minibatch == self.batch_size:
+            object.__setattr__(self, "minibatch", None)  # one spelling: the whole batch is no mini-batching
         if isinstance(self.defences, str):
             tokens = tuple(self.defences.split("+")) if self.defences else ()
         elif isinstance(self.defences, tuple | list):
@@ -154,9 +219,10 @@ class ThreatSpec:
 
     stats: StatsAccess = StatsAccess.NONE
     labels: LabelKnowledge = LabelKnowledge.KNOWN
+    hyper: HyperKnowledge = HyperKnowledge.KNOWN  # what it knows of the client's local training
 
     def __post_init__(self) -> None:
-        _coerce(self, stats=StatsAccess, labels=LabelKnowledge)
+        _coerce(self, stats=StatsAccess, labels=LabelKnowledge, hyper=HyperKnowledge)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -360,8 +426,9 @@ class Case:
         return cls(
             model=ModelSpec(name=v["model"], resolution=v["res"]),
             client=ClientSpec(bn_mode=v["bn"], batch_size=v["bs"], update=kind, local_steps=steps,
-                              defences=v["defences"]),
-            threat=ThreatSpec(stats=v["stats"], labels=v["labels"]),
+                              defences=v["defences"], minibatch=v["mb"], optimizer=v["opt"],
+                              weight_decay=v["wd"], local_lr=v["lr"], augment=v["aug"]),
+            threat=ThreatSpec(stats=v["stats"], labels=v["labels"], hyper=v["hp"]),
             init_p=v["init"],
             attack=v["attack"],
             state=v["state"],
@@ -456,10 +523,20 @@ AXES: tuple[Axis, ...] = (
          "{random|bncal|warmN|ckpt}", default="random", grid="states"),
     Axis("update", "upd_", r"fedsgd\d*|fedavg\d*", _read_update, _write_update, _update_of, "{fedsgd|fedavgK}",
          default=(UpdateKind.FEDSGD, 1), grid="updates"),
+    Axis("mb", "mb", r"\d+", int, str, lambda c: c.client.minibatch, "N", default=None, grid="minibatches",
+         numeric=True),
+    Axis("opt", "opt_", OPTIMIZER_PATTERN, lambda t: (parse_optimizer(t), t)[1], str, lambda c: c.client.optimizer,
+         "{sgd|momentumM|nesterovM|adam}", default="sgd", grid="optimizers"),
+    Axis("wd", "wd", r"\d+(?:\.\d+)?", float, lambda v: format_number(v), lambda c: c.client.weight_decay, "W", default=0.0,
+         grid="weight_decays", numeric=True),
+    Axis("lr", "lr", r"\d+(?:\.\d+)?", float, lambda v: format_number(v), lambda c: c.client.local_lr, "LR", default=0.01,
+         grid="lrs", numeric=True),
+    _enum_axis("aug", "aug_", Augment, lambda c: c.client.augment, default=Augment.NONE, grid="augments"),
     Axis("init", "init_p", r"\d+(?:\.\d+)?", float, lambda p: format_number(p), lambda c: c.init_p,
          "P", default=None),
     _enum_axis("labels", "lab_", LabelKnowledge, lambda c: c.threat.labels, default=LabelKnowledge.KNOWN,
                grid="labels"),
+    _enum_axis("hp", "hp_", HyperKnowledge, lambda c: c.threat.hyper, default=HyperKnowledge.KNOWN, grid="hyper"),
     Axis("defences", "def_", r"[A-Za-z0-9_.:+]+", lambda t: ClientSpec(defences=t).defences, "+".join,
          lambda c: c.client.defences, "NAMEVALUE[+NAMEVALUE…]", default=(), grid="defences"),
     Axis("attack", "atk_", r"[A-Za-z0-9_.:]+", str, str, lambda c: c.attack, "NAME",

@@ -243,13 +243,17 @@ def test_unknown_profile_lists_valid_names() -> None:
 def test_every_axis_round_trips_and_defaults_are_omitted() -> None:
     from giacheck.specs import AXES, case_id
 
-    full = case_id("lenet_sigmoid", 32, bn="eval", bs=2, stats="proxy", state="warm50", update="fedavg3",
-                   init=0.25, labels="inferred", defences="clip1.5+identity", attack="pkg.mod:MyAttack")
-    assert full == ("lenet_sigmoid-32-bn_eval-bs2-stats_proxy-state_warm50-upd_fedavg3-init_p0.25-lab_inferred"
-                    "-def_clip1.5+identity-atk_pkg.mod:MyAttack")
+    full = case_id("lenet_sigmoid", 32, bn="eval", bs=2, stats="proxy", state="warm50", update="fedavg3", mb=1,
+                   opt="nesterov0.9", wd=0.0005, lr=0.05, aug="cropflip", init=0.25, labels="inferred", hp="draws",
+                   defences="clip1.5+identity", attack="pkg.mod:MyAttack")
+    assert full == ("lenet_sigmoid-32-bn_eval-bs2-stats_proxy-state_warm50-upd_fedavg3-mb1-opt_nesterov0.9-wd0.0005"
+                    "-lr0.05-aug_cropflip-init_p0.25-lab_inferred-hp_draws-def_clip1.5+identity-atk_pkg.mod:MyAttack")
     case = Case.parse(full)
     assert case.id == full and {a.key for a in AXES} == {"model", "res", "bn", "bs", "stats", "state", "update",
-                                                         "init", "labels", "defences", "attack"}
+                                                         "mb", "opt", "wd", "lr", "aug", "init", "labels", "hp",
+                                                         "defences", "attack"}
+    assert (case.client.minibatch, case.client.optimizer, case.client.weight_decay, case.client.local_lr,
+            case.client.augment, case.threat.hyper) == (1, "nesterov0.9", 0.0005, 0.05, "cropflip", "draws")
     assert case.client.defences == ("clip1.5", "identity") and case.attack == "pkg.mod:MyAttack"
     plain = case_id("lenet_sigmoid", 32, bn="eval", bs=1, stats="none", update="fedsgd", labels="known",
                     defences="", attack="gradmatch")

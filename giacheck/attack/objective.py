@@ -16,18 +16,18 @@ import math
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call, grad, vmap
 
 from giacheck.attack.bnstats import NormStatsRecorder, NormTarget, norm_modules, stats_prior
 from giacheck.attack.distance import from_terms, update_distance
 from giacheck.attack.kernels import accelerate, using_stock_kernels
 from giacheck.attack.lowrank import LowRankPlan, plan_low_rank
-from giacheck.client import ClientUpdate, local_training, loss_of
+from giacheck.client import ClientUpdate, LocalStep, local_training, loss_of, plan_steps
 from giacheck.defences import make_defences
 from giacheck.errors import InvalidUpdateError
 from giacheck.specs import AttackSpec, BNMode, UpdateKind
 
-__all__ = ["Replica", "check_update", "total_variation"]
+__all__ = ["Replica", "check_update", "replica_steps", "total_variation"]
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -67,11 +67,13 @@ class Replica:
         self.loss = loss_of(net)
         self.client = update.client
         self.defences = make_defences(update.defences)
+        self.steps = replica_steps(update)
         self.low_rank = self._plan_low_rank()
 
     def _plan_low_rank(self) -> LowRankPlan:
         """The factored distance (``lowrank.py``) for an undefended FedSGD update; probed on seeded noise."""
-        if self.update.kind is not UpdateKind.FEDSGD or self.defences or using_stock_kernels():
+        plain = self.update.kind is UpdateKind.FEDSGD and self.update.clients == 1 and self.steps[0][0].whole
+        if not plain or self.defences or using_stock_kernels():
             return LowRankPlan({}, {})
         gen = torch.Generator(device="cpu").manual_seed(0)
         probe = torch.rand(self.update.input_shape, generator=gen).to(self.target[0])  # its device and dtype
@@ -80,25 +82,32 @@ class Replica:
 
     def dummy_update(self, x: torch.Tensor, recorder: NormStatsRecorder | None = None, *,
                      functional: bool = True) -> list[torch.Tensor]:
-        """The update the client would share for images ``x`` (FedSGD gradient or unrolled FedAvg delta).
+        """The update the client would share for images ``x`` (FedSGD gradient or unrolled FedAvg delta; under
+        secure aggregation the mean over the clients' equal shares of ``x``).
 
         ``functional=True`` differentiates with ``torch.func.grad`` (composable with ``torch.func`` transforms);
         ``False`` with ``torch.autograd.grad(create_graph=True)``, which is faster for a single restart.
+        Per-sample gradients (DP-SGD) always take ``torch.func.vmap`` over ``grad``.
         """
 
-        def loss_fn(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        def loss_fn(params: dict[str, torch.Tensor], x: torch.Tensor, y) -> torch.Tensor:
             if params is self.params:  # the module's own parameters: skip functional_call's swapping
                 logits = self.net(x)
             else:
                 logits = functional_call(self.net, ({**params, **self.frozen}, self.buffers), (x,))
-            return self.loss(logits, self.labels)
+            return self.loss(logits, y)
 
         if functional:
-            grad_fn = grad(loss_fn)
+            batch_grad = grad(loss_fn)
         else:
-            def grad_fn(params: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
-                grads = torch.autograd.grad(loss_fn(params, x), list(params.values()), create_graph=True)
+            def batch_grad(params: dict[str, torch.Tensor], x: torch.Tensor, y) -> dict[str, torch.Tensor]:
+                grads = torch.autograd.grad(loss_fn(params, x, y), list(params.values()), create_graph=True)
                 return dict(zip(params, grads, strict=True))
+        sample_grad = vmap(grad(lambda p, xi, yi: loss_fn(p, xi[None], yi[None])), in_dims=(None, 0, 0))
+
+        def grad_fn(params, step, x, y, per_sample=False):
+            fn = sample_grad if per_sample else batch_grad
+            return fn(params, step.images(x), step.targets(y))
 
         if recorder is not None:
             with recorder.recording():
@@ -106,10 +115,15 @@ class Replica:
         return self._unroll(grad_fn, x)
 
     def _unroll(self, grad_fn, x: torch.Tensor) -> list[torch.Tensor]:
-        """The client's local training (``client.local_training``, the very function the client ran) on ``x``."""
-        update = local_training(self.params, lambda params: grad_fn(params, x), self.client, self.defences,
-                                generator=None)
-        return [update[n] for n in self.names]
+        """The client's local training (``client.local_training``, the very function the client ran) on ``x``,
+        once per aggregated client on its share of the batch."""
+        parts = []
+        for xs, ys, steps in zip(x.chunk(self.update.clients), self.labels.chunk(self.update.clients), self.steps,
+                                 strict=True):
+            parts.append(local_training(
+                self.params, lambda params, step, per_sample=False, xs=xs, ys=ys:
+                grad_fn(params, step, xs, ys, per_sample), self.client, self.defences, steps=steps, generator=None))
+        return [sum(p[n] for p in parts) / len(parts) if len(parts) > 1 else parts[0][n] for n in self.names]
 
     def distance(self, x: torch.Tensor, kind: str, recorder: NormStatsRecorder | None = None) -> torch.Tensor:
         """The update distance of images ``x`` (one batch) to the client's update."""
@@ -139,6 +153,17 @@ class Replica:
             return total, dist
 
         return f
+
+
+def replica_steps(update: ClientUpdate) -> list[list[LocalStep]]:
+    """The local steps the replica runs for each aggregated client: the client's own draws where the attacker
+    knows their seed (``update.draws_seed``; client ``k`` of an aggregate drew with ``draws_seed + k``), else a
+    fixed order without augmentation."""
+    count = update.input_shape[0] // update.clients
+    resolution = update.input_shape[-1]
+    return [plan_steps(update.client, count, resolution,
+                       torch.Generator().manual_seed(update.draws_seed + k) if update.draws_seed is not None else None)
+            for k in range(update.clients)]
 
 
 def check_update(update: ClientUpdate, params: dict[str, nn.Parameter]) -> None:

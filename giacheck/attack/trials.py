@@ -53,6 +53,8 @@ def stacking_refusal(model: nn.Module, updates: Sequence[ClientUpdate], labels: 
     first = updates[0]
     if any(u.kind is not UpdateKind.FEDSGD or u.local_steps > 1 for u in updates):
         return "a multi-step (FedAvg) update: each trial's local training moves its own copy of the weights"
+    if any(u.clients > 1 or u.client.augment != "none" for u in updates):
+        return "an aggregated or augmented update: each trial runs its own local steps"
     if any(u.defences for u in updates):
         return "a defended update: defences act on each trial's whole update"
     if any(not isinstance(y, torch.Tensor) for y in labels):
