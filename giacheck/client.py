@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -319,14 +320,21 @@ class _PerSample:
         from opacus import GradSampleModule  # lazy: only DP-SGD needs it
 
         if self.module is None:
-            self.module = GradSampleModule(copy.deepcopy(self.client), loss_reduction="mean")
+            net = copy.deepcopy(self.client)
+            for m in net.modules():  # Opacus records activations only in training mode: flag the layers it hooks,
+                if next(m.parameters(recurse=False), None) is not None \
+                        and not isinstance(m, nn.modules.batchnorm._BatchNorm):  # leaving BN and dropout as set
+                    m.training = True
+            self.module = GradSampleModule(net, loss_reduction="mean")
         named = dict(self.module._module.named_parameters())
         with torch.no_grad():
             for name, value in at.items():
                 named[name].copy_(value)
         for p in named.values():
             p.grad, p.grad_sample = None, None
-        self.loss_fn(self.module(x), y).backward()
+        with warnings.catch_warnings():  # the images need no gradient here; Opacus' hooks still fire correctly
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            self.loss_fn(self.module(x), y).backward()
         return {name: named[name].grad_sample.detach().clone() for name in at}
 
 
