@@ -11,6 +11,7 @@ running statistics before and after the local step are recorded with each module
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,10 +23,10 @@ from torch import nn
 from torch.func import functional_call
 
 from giacheck.defences import DPSGD, Defence, DefenceStage, make_defences
-from giacheck.errors import InvalidCaseError, WeightsError
+from giacheck.errors import WeightsError
 from giacheck.models.registry import mean_cross_entropy
 from giacheck.models.weights import describe_nonfinite, nonfinite_tensors
-from giacheck.specs import Augment, BNMode, ClientSpec, UpdateKind, parse_optimizer
+from giacheck.specs import Augment, BNMode, ClientSpec, HyperKnowledge, UpdateKind, parse_optimizer
 
 __all__ = [
     "BNStats",
@@ -83,6 +84,20 @@ class ClientUpdate:
             return self.spec
         return ClientSpec(bn_mode=self.bn_mode, batch_size=self.batch_size, update=self.kind,
                           local_steps=self.local_steps, local_lr=self.local_lr, defences=self.defences)
+
+    def seen_by_server(self, hyper: HyperKnowledge) -> ClientUpdate:
+        """This update as a server that knows ``hyper`` of the local training receives it: ``draws`` keeps the
+        seed of the client's data order and augmentation; ``known`` drops it; ``unknown`` also replaces the
+        training by one full-batch plain-SGD step at lr 0.01 (FedAvg) without augmentation. The defence chain
+        stays known."""
+        hyper = HyperKnowledge(hyper)
+        if hyper is HyperKnowledge.DRAWS:
+            return self
+        if hyper is HyperKnowledge.KNOWN:
+            return dataclasses.replace(self, draws_seed=None)
+        assumed = ClientSpec(bn_mode=self.bn_mode, batch_size=self.batch_size, update=self.kind, local_steps=1,
+                             defences=self.defences)
+        return dataclasses.replace(self, spec=assumed, local_steps=1, local_lr=assumed.local_lr, draws_seed=None)
 
 
 def bn_modules(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -310,22 +325,25 @@ def simulate_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
 
 
 class _PerSample:
-    """Per-sample gradients of the client's loss with Opacus' ``GradSampleModule`` on a copy of the client
-    (parameters loaded from ``at`` on each call, so the client's own stay the global model's)."""
+    """Per-sample gradients of the client's loss with Opacus' grad-sample module on a copy of the client
+    (parameters loaded from ``at`` on each call, so the client's own stay the global model's). Its
+    expanded-weights mode (``"ew"``): the hook modes fail on residual blocks that add in place (timm's ResNets)."""
 
     def __init__(self, client: nn.Module, loss_fn: Callable) -> None:
         self.client, self.loss_fn, self.module = client, loss_fn, None
 
     def __call__(self, at: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        from opacus import GradSampleModule  # lazy: only DP-SGD needs it
+        from opacus.grad_sample import get_gsm_class  # lazy: only DP-SGD needs it
 
         if self.module is None:
             net = copy.deepcopy(self.client)
             for m in net.modules():  # Opacus records activations only in training mode: flag the layers it hooks,
+                if getattr(m, "inplace", False) is True:
+                    m.inplace = False  # an in-place activation would overwrite the view Opacus' hooks return
                 if next(m.parameters(recurse=False), None) is not None \
                         and not isinstance(m, nn.modules.batchnorm._BatchNorm):  # leaving BN and dropout as set
                     m.training = True
-            self.module = GradSampleModule(net, loss_reduction="mean")
+            self.module = get_gsm_class("ew")(net, loss_reduction="mean")
         named = dict(self.module._module.named_parameters())
         with torch.no_grad():
             for name, value in at.items():

@@ -107,6 +107,10 @@ class Threat(_Part):
     init_fraction: float | None = None  # the fraction of pixels replaced to give that start (giacheck.ladder)
     denoised_ssim: float | None = None  # the best gradient-free denoiser of the start (giacheck.ladder)
     defences: list[dict[str, Any]] | None = None  # the client's defence chain, known to the server: token, params
+    privacy: list[dict[str, Any]] | None = None  # (ε, δ) of each noise-adding defence (giacheck.defences.privacy)
+    hyper: str | None = None  # what the server knew of the local training (HyperKnowledge)
+    assumed: str | None = None  # what the replica assumed where it did not know
+    clients: int | None = None  # secure aggregation: the clients whose mean update the server saw
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}  # unset parts left out
@@ -148,6 +152,7 @@ class Manifest(_Part):
     images: tuple[str, ...]
     model: str
     seeds: dict[str, int] = field(default_factory=dict)  # model (initialization), client, attack
+    model_change: str | None = None  # how the run changed the model before training (DP-SGD: BatchNorm→GroupNorm)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -215,6 +220,7 @@ class Result:
     model_state: StateRecord
     original: torch.Tensor = field(repr=False)
     reconstruction: torch.Tensor = field(repr=False)
+    utility: dict[str, Any] | None = None  # the defended update's usefulness beside the undefended one's
 
     @property
     def ssim_mean(self) -> float:
@@ -246,6 +252,7 @@ class Result:
             "restarts": self.restarts,
             "selection": str(self.selection),
             **{name: getattr(self, name).to_dict() for name in _PARTS},
+            **({"utility": self.utility} if self.utility is not None else {}),
         }
 
     def to_state(self) -> dict[str, Any]:

@@ -30,9 +30,9 @@ from giacheck.attack import (
 from giacheck.attack.bnstats import elements_per_channel
 from giacheck.attack.invert import MAX_STACKED
 from giacheck.attack.objective import Replica
-from giacheck.client import ClientUpdate, bn_modules, simulate_update
+from giacheck.client import ClientUpdate, bn_modules, loss_of, simulate_update
 from giacheck.data import POOL_LIMIT, ImageBatch, ImageSource, disjoint_pool, heldout_pool, open_source
-from giacheck.defences import make_defences
+from giacheck.defences import DPSGD, DefenceStage, aggregation_size, make_defences, privacy
 from giacheck.diagnostics import truth_objective
 from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.ladder import controlled_init, denoised_ssim, ladder_init
@@ -47,10 +47,13 @@ from giacheck.specs import (
     AttackSpec,
     BNMode,
     Case,
+    ClientSpec,
+    HyperKnowledge,
     LabelKnowledge,
     RunOptions,
     Selection,
     StatsAccess,
+    UpdateKind,
     get_profile,
 )
 from giacheck.tasks import Task, get_task
@@ -77,8 +80,10 @@ class _Setup:
     device: torch.device
     batch: ImageBatch
     model: torch.nn.Module
-    labels: Any  # the client's training targets
+    labels: Any  # the client's training targets (under secure aggregation, every aggregated client's in turn)
     state: StateRecord  # the global model's state (giacheck.modelstate)
+    clients: int = 1  # secure aggregation: ``batch`` holds the target's images, then the other clients'
+    model_change: str | None = None  # DP-SGD: how Opacus changed the model
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,9 +126,10 @@ class _Pending:
     """One trial up to its attack: the setup, the client's update, what the attacker knows, durations so far."""
 
     setup: _Setup
-    update: ClientUpdate
+    update: ClientUpdate  # as the server sees it (giacheck.client.ClientUpdate.seen_by_server)
     knowledge: _Knowledge
     durations: tuple[float, float, float]  # build, client, prepare (seconds)
+    utility: dict[str, Any] | None = None
 
 
 def run_trials(
@@ -151,7 +157,8 @@ def run_trials(
         for i, rec in zip(group, recs, strict=True):
             p = pending[i]
             _check_reconstruction(rec, p.setup.case, p.setup.spec, tuple(p.setup.batch.images.shape))
-            results[i] = _score(p.setup, rec, p.knowledge, p.update, (*p.durations, share))
+            results[i] = replace(_score(p.setup, rec, p.knowledge, p.update, (*p.durations, share)),
+                                 utility=p.utility)
     return results
 
 
@@ -159,13 +166,70 @@ def _pending(case: Case | str, profile: str, device: str, options: RunOptions, *
     marks = [time.perf_counter()]
     setup = _prepare(_with_weights_state(case, options), profile, device, options, trials=trials)
     marks.append(time.perf_counter())
-    update = simulate_update(setup.model, setup.batch.images.to(setup.device), setup.labels, setup.case.client,
-                             seed=setup.options.seeds["client"])
+    update = _shared_update(setup, setup.case.client)
+    utility = _utility(setup, update)
     marks.append(time.perf_counter())
-    knowledge = _attacker_knowledge(setup, update)
+    seen = update.seen_by_server(setup.case.threat.hyper)
+    knowledge = _attacker_knowledge(setup, seen)
     marks.append(time.perf_counter())
     build_s, client_s, prepare_s = (b - a for a, b in itertools.pairwise(marks))
-    return _Pending(setup=setup, update=update, knowledge=knowledge, durations=(build_s, client_s, prepare_s))
+    return _Pending(setup=setup, update=seen, knowledge=knowledge, durations=(build_s, client_s, prepare_s),
+                    utility=utility)
+
+
+def _shared_update(s: _Setup, client: ClientSpec) -> ClientUpdate:
+    """The update the server receives: the client's, or under secure aggregation the mean of every aggregated
+    client's (client ``k`` trains on its share of ``s.batch`` with seed ``client seed + k``)."""
+    images = s.batch.images.to(s.device)
+    seed = s.options.seeds["client"]
+    if s.clients == 1:
+        return simulate_update(s.model, images, s.labels, client, seed=seed)
+    updates = [simulate_update(s.model, x, y, client, seed=seed + k)
+               for k, (x, y) in enumerate(zip(images.chunk(s.clients), s.labels.chunk(s.clients), strict=True))]
+    mean = {n: sum(u.tensors[n] for u in updates) / s.clients for n in updates[0].tensors}
+    return replace(updates[0], tensors=mean, clients=s.clients, input_shape=tuple(images.shape))
+
+
+UTILITY_IMAGES = 8  # held-out images the utility's loss decrease is measured on
+
+
+def _utility(s: _Setup, defended: ClientUpdate) -> dict[str, Any] | None:
+    """How useful the defended update is beside the undefended one (same clients, images and seeds; secure
+    aggregation kept, it loses nothing): their cosine, and the training-loss decrease each gives on held-out
+    images (FedAvg: the weights plus the delta; FedSGD: one step of the client's learning rate). None for an
+    undefended case."""
+    tokens = s.case.client.defences
+    kept = tuple(t for t, d in zip(tokens, make_defences(tokens), strict=True) if d.stage is DefenceStage.AGGREGATE)
+    if not tokens or kept == tokens:
+        return None
+    reference = _shared_update(s, replace(s.case.client, defences=kept))
+    a = torch.cat([defended.tensors[n].flatten().double() for n in defended.tensors])
+    b = torch.cat([reference.tensors[n].flatten().double() for n in defended.tensors])
+    held = disjoint_pool(s.source, exclude=list(s.batch.names), count=min(UTILITY_IMAGES, len(s.source)
+                                                                          - len(s.batch.names)),
+                         size=s.case.model.resolution)
+    x, y = held.images.to(s.device), s.task.targets(held, s.device)
+    return {"cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+            "loss_decrease": _loss_decrease(s, defended, x, y),
+            "reference_loss_decrease": _loss_decrease(s, reference, x, y),
+            "images": list(held.names),
+            "note": "cosine to the undefended update; mean training-loss decrease on held-out images after "
+                    "applying each (larger is more useful)"}
+
+
+def _loss_decrease(s: _Setup, update: ClientUpdate, x: torch.Tensor, y: Any) -> float:
+    model = s.model
+    scale = 1.0 if update.kind is UpdateKind.FEDAVG else -update.local_lr
+    loss = loss_of(model)
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        before = float(loss(model(x), y))
+        after_params = {n: p + scale * update.tensors[n] if n in update.tensors else p
+                        for n, p in model.named_parameters()}
+        after = float(loss(torch.func.functional_call(model, after_params, (x,)), y))
+        model.train(was)
+    return before - after
 
 
 def _attack_groups(pending: list[_Pending]) -> list[list[int]]:
@@ -250,14 +314,49 @@ def _prepare(case: Case, profile: str, device: str, options: RunOptions, *, tria
     _check_pool_left(source, batch, case, auxiliary)
     seeds = options.seeds
     model = build(case.model.name, case.model.resolution, seed=seeds["model"]).to(torch_device)
-    if case.client.bn_mode is BNMode.TRAIN:
-        _check_train_mode_bn(model, tuple(batch.images.shape), case)
+    defences = make_defences(case.client.defences)
+    model_change = _make_private(model, case) if any(isinstance(d, DPSGD) for d in defences) else None
+    clients = aggregation_size(defences)
+    if clients > 1:
+        batch = _aggregate_batch(source, batch, case, clients, auxiliary)
+    if case.client.bn_mode is BNMode.TRAIN and model_change is None:
+        _check_train_mode_bn(model, (case.client.minibatch or case.client.batch_size, *batch.images.shape[1:]), case)
     state = prepare_state(model, case.state, source=source, images=auxiliary, resolution=case.model.resolution,
                           model_seed=seeds["model"], pinned_seed=options.model_seed, task=task,
                           model_name=case.model.name, weights=options.weights, device=torch_device)
     return _Setup(case=case, profile=profile, options=options, spec=spec, entry=entry, task=task, source=source,
                   attack=attack, device=torch_device, batch=batch, model=model,
-                  labels=task.targets(batch, torch_device), state=state)
+                  labels=task.targets(batch, torch_device), state=state, clients=clients, model_change=model_change)
+
+
+def _make_private(model: torch.nn.Module, case: Case) -> str:
+    """Make the model one Opacus can train with DP-SGD (``ModuleValidator.fix``: BatchNorm → GroupNorm), in
+    place, before its state is prepared; refuse one it still cannot (before any compute)."""
+    from opacus.validators import ModuleValidator
+
+    net = getattr(model, "net", model)
+    fixed = ModuleValidator.fix(net)
+    errors = ModuleValidator.validate(fixed, strict=False)
+    if errors:
+        raise InvalidCaseError(f"invalid case {case.id}: Opacus cannot make {case.model.name} private even after "
+                               f"ModuleValidator.fix: {'; '.join(str(e) for e in errors)} (valid: a model whose "
+                               "layers Opacus supports)")
+    if hasattr(model, "net"):
+        model.net = fixed
+    changed = sum(isinstance(m, torch.nn.GroupNorm) for m in fixed.modules()) \
+        - sum(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+    return (f"BatchNorm→GroupNorm in {changed} modules (opacus ModuleValidator.fix) for DP-SGD"
+            if changed else "none needed: Opacus supports the model as built (ModuleValidator.validate)")
+
+
+def _aggregate_batch(source: ImageSource, batch: ImageBatch, case: Case, clients: int,
+                     auxiliary: tuple[str, ...]) -> ImageBatch:
+    """The target's batch followed by each other aggregated client's, drawn from images disjoint from the
+    target's, the model state's and the calibration images."""
+    others = disjoint_pool(source, exclude=list(dict.fromkeys((*batch.names, *auxiliary, *_calibration(source)))),
+                           count=(clients - 1) * case.client.batch_size, size=case.model.resolution)
+    return ImageBatch(images=torch.cat([batch.images, others.images]),
+                      labels=torch.cat([batch.labels, others.labels]), names=(*batch.names, *others.names))
 
 
 def _attacker_knowledge(s: _Setup, update: ClientUpdate) -> _Knowledge:
@@ -276,11 +375,28 @@ def _attacker_knowledge(s: _Setup, update: ClientUpdate) -> _Knowledge:
         denoised = denoised_ssim(init[0], s.batch.images)
     defences = [{"token": d.token, "name": d.name, "stage": str(d.stage), "params": d.params()}
                 for d in make_defences(s.case.client.defences)]
+    client = s.case.client
+    epsilons = privacy(make_defences(client.defences), dataset_size=client.batch_size, minibatch=client.minibatch,
+                       epochs=client.local_steps)
     threat = Threat(stats=str(s.case.threat.stats), labels=str(s.case.threat.labels), label_accuracy=accuracy,
                     inferred_labels=inferred, proxy=proxy, init_ssim=init_ssim, init_fraction=fraction,
-                    denoised_ssim=denoised, defences=defences or None)
+                    denoised_ssim=denoised, defences=defences or None, privacy=epsilons or None,
+                    hyper=str(s.case.threat.hyper), assumed=_assumed(s.case, update),
+                    clients=s.clients if s.clients > 1 else None)
     return _Knowledge(labels=labels, stats=stats, init=init, threat=threat,
                       auxiliary=tuple(proxy.pool) if proxy is not None else ())
+
+
+def _assumed(case: Case, seen: ClientUpdate) -> str | None:
+    """What the replica assumed of the client's local training where the server did not know it."""
+    hyper, client = case.threat.hyper, case.client
+    if hyper is HyperKnowledge.UNKNOWN and seen.client != client:
+        return (f"local training unknown: the replica ran one full-batch plain-SGD step at lr "
+                f"{seen.client.local_lr:g}" if client.update is UpdateKind.FEDAVG else
+                "local training unknown: the replica assumed no augmentation")
+    if hyper is not HyperKnowledge.DRAWS and (client.minibatch is not None or client.augment != "none"):
+        return "data order and augmentation draws unknown: the replica drew its own order (seed 0), no augmentation"
+    return None
 
 
 def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, update: ClientUpdate,
@@ -324,8 +440,8 @@ def _score(s: _Setup, rec: Reconstruction, knowledge: _Knowledge, update: Client
         timings=Timings(build_s=build_s, client_s=client_s, prepare_s=prepare_s, attack_s=attack_s,
                         per_iteration_s=attack_s / s.spec.iterations, metrics_s=metrics_s,
                         total_s=build_s + client_s + prepare_s + attack_s + metrics_s),
-        manifest=manifest(s.device, s.options.seed, data=s.source.name, images=s.batch.names,
-                          model=s.entry.upstream, seeds=s.options.seeds),
+        manifest=replace(manifest(s.device, s.options.seed, data=s.source.name, images=s.batch.names,
+                                  model=s.entry.upstream, seeds=s.options.seeds), model_change=s.model_change),
         model_state=s.state,
         reid=Reid(image=s.batch.names[0], per_image=[{**r.to_dict(), "null_p_values": null}
                                                      for r, null in zip(reids, nulls, strict=True)],

@@ -12,7 +12,7 @@ import torch
 
 from giacheck.attack.registry import ATTACKS
 from giacheck.data import ImageSource
-from giacheck.defences import make_defences
+from giacheck.defences import DPSGD, aggregation_size, make_defences
 from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.memory import memory_problem
 from giacheck.models import ModelEntry, get_entry
@@ -95,8 +95,9 @@ def _stats(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[st
         if client.bn_mode is not BNMode.TRAIN:
             problems.append("stats_exact with bn_eval: an eval-mode client does not update its running statistics, "
                             "so there is nothing to invert (valid: bn_train, or stats_naive/none)")
-        if client.update is UpdateKind.FEDAVG and client.local_steps != 1:
-            problems.append(f"stats_exact with {client.local_steps} local steps: exact statistics can only be "
+        if client.update is UpdateKind.FEDAVG and (client.local_steps != 1 or client.minibatch is not None):
+            problems.append(f"stats_exact with {client.local_steps} local epoch(s) of mini-batches of "
+                            f"{client.minibatch or client.batch_size}: exact statistics can only be "
                             "inverted from a single step (valid: upd_fedavg1 or FedSGD; or stats_naive/proxy)")
     return problems
 
@@ -107,6 +108,9 @@ def _update(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[s
         problems.append(f"upd_fedavg{client.local_steps} (valid: at least one local step)")
     if not client.local_lr > 0:
         problems.append(f"client local_lr={client.local_lr} (valid: > 0)")
+    if entry.task != "classification" and (client.minibatch is not None or client.augment != "none"):
+        problems.append(f"mini-batches or augmentation on {entry.name}'s task {entry.task!r}: its targets are "
+                        "per batch, not per image (valid: the whole batch, aug_none)")
     return problems
 
 
@@ -123,12 +127,36 @@ def _labels(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[s
 
 
 def _defences(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
-    """Each defence of the chain must be known and accept its parameter."""
+    """Each defence of the chain must be known and accept its parameter, and fit the rest of the case."""
     try:
-        make_defences(case.client.defences)
+        defences = make_defences(case.client.defences)
     except GiacheckError as exc:
         return [str(exc)]
-    return []
+    problems = []
+    classification = entry.task == "classification"
+    if any(isinstance(d, DPSGD) for d in defences):
+        if not classification:
+            problems.append(f"dpsgd on {entry.name}'s task {entry.task!r}: per-sample gradients need a loss that "
+                            "is a mean over independent samples (valid: classification models)")
+        if case.threat.stats in (StatsAccess.EXACT, StatsAccess.NAIVE):
+            problems.append(f"stats_{case.threat.stats} with dpsgd: Opacus replaces BatchNorm by GroupNorm, which "
+                            "keeps no running statistics (valid: stats_none or stats_proxy)")
+    clients = aggregation_size(defences)
+    if clients > 1:
+        if case.threat.stats is not StatsAccess.NONE:
+            problems.append(f"stats_{case.threat.stats} with secagg{clients}: the server sees the clients' mean "
+                            "update, not one client's statistics or a batch to match a proxy to (valid: stats_none)")
+        if case.threat.labels is LabelKnowledge.INFERRED:
+            problems.append(f"lab_inferred with secagg{clients}: label inference reads one client's last layer "
+                            "(valid: lab_known)")
+        if not classification:
+            problems.append(f"secagg on {entry.name}'s task {entry.task!r}: the other clients' targets are drawn "
+                            "as class labels (valid: classification models)")
+        if source is not None and clients * case.client.batch_size >= len(source):
+            problems.append(f"secagg{clients} at batch size {case.client.batch_size} needs "
+                            f"{clients * case.client.batch_size} private images and one more for the "
+                            f"re-identification pool; {source.name} has {len(source)}")
+    return problems
 
 
 def _state(case: Case, entry: ModelEntry, source: ImageSource | None) -> list[str]:
