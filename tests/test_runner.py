@@ -255,7 +255,7 @@ def test_lab_inferred_records_label_accuracy() -> None:
 
 
 def test_known_labels_record_no_accuracy(lenet_result: Result) -> None:
-    assert lenet_result.threat.to_dict() == {"stats": "none", "labels": "known"}
+    assert lenet_result.threat.to_dict() == {"stats": "none", "labels": "known", "hyper": "known"}
 
 
 @pytest.mark.parametrize(("p", "low", "high"), [(0.0, 1.0 - 1e-9, 1.0 + 1e-9), (1.0, -1.0, 0.2)])

@@ -92,8 +92,9 @@ def _checkpoint(path: Path, model, *, input_size: int, num_classes: int) -> Path
 def test_every_field_round_trips(tmp_path: Path, scaffoldmod: ModuleType) -> None:
     """Every field of Pack and Grid off its default: the scaffolded module's PACK equals the pack, field by field."""
     grid = Grid(batch_sizes=(1, 2), bn=(BNMode.TRAIN, BNMode.EVAL), stats=(StatsAccess.NONE, StatsAccess.NAIVE),
-                updates=("fedsgd", "fedavg2"), labels=(LabelKnowledge.KNOWN, LabelKnowledge.INFERRED),
-                defences=("", "clip1.5"), states=("ckpt",))
+                updates=("fedavg1", "fedavg2"), labels=(LabelKnowledge.KNOWN, LabelKnowledge.INFERRED),
+                defences=("", "clip1.5"), states=("ckpt",), minibatches=(1,), optimizers=("momentum0.9",),
+                weight_decays=(0.0005,), lrs=(0.1,), augments=("flip",), hyper=("draws",))
     weights = _checkpoint(tmp_path / "acme.safetensors", scaffoldmod.model, input_size=16, num_classes=10)
     pack = Pack(name="acme_everything", weights=weights, model=scaffoldmod.model, grid=grid,
                 rules=(Rule("no configuration leaks an identifiable image"),

@@ -39,7 +39,7 @@ def test_valid_cases_have_no_problems(case_id: str) -> None:
     ("resnet18_cifar-32-bn_eval-bs1-stats_exact", ["stats_exact", "bn_eval"], ["bn_train", "stats_naive"]),
     ("lenet_sigmoid-32-bn_eval-bs1-stats_exact", ["stats_exact", "lenet_sigmoid", "no BatchNorm"], ["stats_none"]),
     ("lenet_sigmoid-32-bn_eval-bs1-stats_naive", ["stats_naive", "lenet_sigmoid"], ["stats_none"]),
-    ("resnet18_cifar-32-bn_train-bs1-stats_exact-upd_fedavg3", ["stats_exact", "3 local steps"],
+    ("resnet18_cifar-32-bn_train-bs1-stats_exact-upd_fedavg3", ["stats_exact", "3 local epoch"],
      ["upd_fedavg1", "FedSGD", "stats_naive"]),
     ("lenet_sigmoid-32-bn_eval-bs1-stats_proxy", ["stats_proxy", "lenet_sigmoid"], ["stats_none"]),
     ("lenet_sigmoid-32-bn_eval-bs1-stats_none-init_p1.5", ["init_p1.5"], ["[0, 1]"]),

@@ -117,9 +117,11 @@ class Replica:
     def _unroll(self, grad_fn, x: torch.Tensor) -> list[torch.Tensor]:
         """The client's local training (``client.local_training``, the very function the client ran) on ``x``,
         once per aggregated client on its share of the batch."""
+        clients = self.update.clients
+        # Aggregation is classification-only (validation), so only tensor labels are ever split.
+        labels = self.labels.chunk(clients) if clients > 1 else (self.labels,)
         parts = []
-        for xs, ys, steps in zip(x.chunk(self.update.clients), self.labels.chunk(self.update.clients), self.steps,
-                                 strict=True):
+        for xs, ys, steps in zip(x.chunk(clients), labels, self.steps, strict=True):
             parts.append(local_training(
                 self.params, lambda params, step, per_sample=False, xs=xs, ys=ys:
                 grad_fn(params, step, xs, ys, per_sample), self.client, self.defences, steps=steps, generator=None))
