@@ -4,6 +4,12 @@ Only the xdist controller writes, atomically (temp file + rename), from numbers 
 A corrupt file is reported with its path and left untouched — never overwritten, not even by an update. A
 baseline recorded under another attack identity (attack, budget, profile: :data:`giacheck.records.IDENTITY_FIELDS`)
 is *stale*: it fails naming each changed field, and is rewritten only under an update flag.
+
+The attack is chaotic: the same code gives different SSIMs on two CPU models (float rounding differs), so a
+baseline also keeps, under ``platforms``, the statistics recorded on each machine (``manifest.device_name``) under
+the same attack identity; a run is compared with its own machine's record where there is one, else with the main
+record. An update rewrites the main record and this machine's entry, and keeps the other machines' entries
+unless the attack identity changed.
 """
 
 from __future__ import annotations
@@ -95,11 +101,17 @@ class BaselineStore:
         return identity
 
     def write(self, suite: str, case_id: str, result: dict[str, Any]) -> Path:
-        """Write the baseline for ``case_id`` atomically; refuses to replace a corrupt file."""
+        """Write the baseline for ``case_id`` atomically, keeping the other machines' records of the same attack
+        identity (``platforms``); refuses to replace a corrupt file."""
         path = self.path(suite, case_id)
-        if path.exists():
-            self.load(suite, case_id)  # raises on a corrupt file: it is reported, never overwritten
+        previous = self.load(suite, case_id)  # raises on a corrupt file: it is reported, never overwritten
         payload = round_floats({k: result[k] for k in BASELINE_KEYS if k in result})
+        platforms = {}
+        if previous is not None and not identity_changes(self.identity(previous), attack_identity(result)):
+            platforms = dict(previous.get("platforms") or {})
+            platforms.setdefault(platform_of(previous), _platform_record(previous))
+        platforms[platform_of(result)] = _platform_record(payload)
+        payload["platforms"] = dict(sorted(platforms.items()))
         write_json_atomic(payload, path)
         return path
 
@@ -110,6 +122,30 @@ class BaselineStore:
             return []
         known = set(known_case_ids)
         return sorted(p for p in folder.glob("*.json") if p.stem not in known)
+
+
+def platform_of(record: Mapping[str, Any]) -> str:
+    """The machine a result or baseline was measured on: its manifest's device name (CPU model and threads, or
+    the GPU's name)."""
+    name = lookup(record, "manifest.device_name")
+    return name if isinstance(name, str) else "unknown machine"
+
+
+def _platform_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The compared statistics of ``record`` by dotted path (:func:`_statistics`), and the revision measured."""
+    entry = {path: lookup(record, path) for path in (*(p for _, p, _ in _STATISTICS), "ssim.mean")}
+    entry = {path: value for path, value in entry.items() if isinstance(value, int | float)}
+    revision = lookup(record, "manifest.git_revision")
+    return {**entry, "git_revision": revision} if isinstance(revision, str) else entry
+
+
+def _reference(recorded: Mapping[str, Any], platform: str) -> tuple[Any, str]:
+    """What a run on ``platform`` is compared with: that machine's record in ``platforms`` when there is one,
+    else the main record; and the machine the reference was measured on."""
+    entry = (recorded.get("platforms") or {}).get(platform)
+    if isinstance(entry, dict):
+        return (lambda path: entry.get(path)), platform
+    return (lambda path: lookup(recorded, path)), platform_of(recorded)
 
 
 _LEFT = ("The file was left untouched; fix or delete it, then record it again with --giacheck-update (a corrupt "
@@ -128,7 +164,8 @@ def read_baseline(path: Path, *, case_id: str | None = None) -> dict[str, Any]:
     """Parse and validate the baseline file ``path`` (of ``case_id``, when given: the file's stem).
 
     Valid: a UTF-8 JSON object without NaN or Infinity whose ``ssim.mean`` is a number in [-1, 1]; where present,
-    ``challenge.max_ssim`` and ``challenge.median_ssim`` are such numbers (or null), ``case_id`` names the file's
+    ``challenge.max_ssim`` and ``challenge.median_ssim`` are such numbers (or null), and so are the statistics of
+    each machine's entry in ``platforms``, ``case_id`` names the file's
     case, ``profile`` is a string, ``attack``, ``challenge`` and ``model_state`` are objects. A boolean is never
     taken for a number.
 
@@ -176,6 +213,13 @@ def read_baseline(path: Path, *, case_id: str | None = None) -> dict[str, Any]:
     for stat in ("max_ssim", "median_ssim"):
         if stat in data.get("challenge", {}):
             _check_ssim(data["challenge"][stat], f"challenge.{stat}", corrupt, nullable=True)
+    platforms = data.get("platforms", {})
+    if not isinstance(platforms, dict) or not all(isinstance(e, dict) for e in platforms.values()):
+        raise corrupt(f"key 'platforms' is {_shown_json(platforms)}; valid: an object of one object per machine")
+    for machine, entry in platforms.items():
+        for stat, value in entry.items():
+            if stat != "git_revision":
+                _check_ssim(value, f"platforms.{machine}.{stat}", corrupt, nullable=True)
     if "profile" in data and not isinstance(data["profile"], str):
         raise corrupt(f"key 'profile' is {_shown_json(data['profile'])}; valid: a profile name (smoke, paper)")
     if case_id is not None and "case_id" in data and data["case_id"] != case_id:
@@ -264,18 +308,24 @@ def check_baseline(store: BaselineStore, suite: str, result: Mapping[str, Any], 
                                  f"recorded under {_under((c,), 'recorded')}, this run {_under((c,), 'current')}"
                                  for c in changed) + "; rerun with --giacheck-update to re-record (the file was "
                                  "left untouched; its SSIM was not compared)")
+    reference, measured_on = _reference(recorded, platform_of(result))
     checks = [claims.baseline_check(f"{case_id} ({label})", float(lookup(result, path)),
-                                    recorded=float(lookup(recorded, path)), tolerance=tolerance,
+                                    recorded=float(reference(path)), tolerance=tolerance,
                                     positive=positive and two_sided)
-              for label, path, two_sided in _statistics(recorded, result)]
+              for label, path, two_sided in _statistics(recorded, result, reference)]
     passed = all(c.passed for c in checks)
+    where = "this machine's record" if measured_on == platform_of(result) else f"the record of {measured_on}"
     return BaselineCheck(status=BaselineStatus.PASS if passed else BaselineStatus.FAIL, passed=passed,
-                         message="; ".join(c.message for c in checks), path=str(path), recorded=value)
+                         message="; ".join(c.message for c in checks) + f" (compared with {where})",
+                         path=str(path), recorded=value)
 
 
-def _statistics(recorded: Mapping[str, Any], result: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+def _statistics(recorded: Mapping[str, Any], result: Mapping[str, Any], reference: Any = None
+                ) -> list[tuple[str, str, bool]]:
     """What to compare: the challenge set's statistics where both sides have them, else the SSIM mean."""
-    both = all(isinstance(lookup(d, p), int | float) for d in (recorded, result) for _, p, _ in _STATISTICS)
+    reference = reference or (lambda path: lookup(recorded, path))
+    both = all(isinstance(get(p), int | float) for get in (reference, lambda path: lookup(result, path))
+               for _, p, _ in _STATISTICS)
     return list(_STATISTICS) if both else [("SSIM mean", "ssim.mean", True)]
 
 

@@ -198,3 +198,38 @@ def test_an_update_that_cannot_be_written_is_refused_before_it_runs(store: Basel
     with pytest.raises(BaselineError, match=r"cannot be written: .*smoke is a file, not a folder"):
         store.check_writable(SUITE, CASE)
     assert (store.root / "smoke").read_text() == "a file where the profile's folder goes"
+
+
+def on(machine: str, ssim: float, **attack: Any) -> dict[str, Any]:
+    return {**result(ssim, **attack), "manifest": {"device_name": machine, "git_revision": "abc1234"}}
+
+
+def test_each_machine_is_compared_with_its_own_record(store: BaselineStore) -> None:
+    """Chaotic attacks round differently on two CPU models: an update keeps each machine's record, and a run is
+    compared with its own machine's (else with the main record), at the same tolerance."""
+    amd, intel = "cpu (AMD EPYC, 1 threads)", "cpu (Intel Xeon, 1 threads)"
+    store.write(SUITE, CASE, on(amd, 0.40))
+    assert not _check(store, on(intel, 0.47)).passed, "an unrecorded machine is compared with the main record"
+    path = store.write(SUITE, CASE, on(intel, 0.47))
+    data = json.loads(path.read_text())
+    assert data["platforms"] == {amd: {"ssim.mean": 0.4, "git_revision": "abc1234"},
+                                 intel: {"ssim.mean": 0.47, "git_revision": "abc1234"}}
+    assert data["ssim"]["mean"] == 0.47, "the main record is the latest"
+    assert _check(store, on(amd, 0.42)).passed and not _check(store, on(amd, 0.46)).passed
+    assert "(compared with this machine's record)" in _check(store, on(intel, 0.5)).message
+    other = _check(store, on("cpu (Arm Neoverse, 1 threads)", 0.5))
+    assert other.passed and f"(compared with the record of {intel})" in other.message
+
+
+def test_a_new_attack_identity_drops_the_other_machines_records(store: BaselineStore) -> None:
+    store.write(SUITE, CASE, on("cpu (AMD EPYC, 1 threads)", 0.40))
+    path = store.write(SUITE, CASE, on("cpu (Intel Xeon, 1 threads)", 0.47, iterations=400))
+    assert list(json.loads(path.read_text())["platforms"]) == ["cpu (Intel Xeon, 1 threads)"]
+
+
+@pytest.mark.parametrize("platforms", [[], {"m": 0.5}, {"m": {"ssim.mean": 2.0}}, {"m": {"ssim.mean": True}}])
+def test_corrupt_platform_records_are_reported(store: BaselineStore, platforms: Any) -> None:
+    path = store.write(SUITE, CASE, result(0.5))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "platforms": platforms}))
+    check = _check(store, result(0.5))
+    assert check.status is BaselineStatus.CORRUPT and "platforms" in check.message
