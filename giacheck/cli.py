@@ -171,6 +171,19 @@ def _pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bn", default="train", help="client BatchNorm modes: train,eval (default: train)")
     parser.add_argument("--stats", default="none", help="BN-statistics access: none,naive,exact,proxy (default: none)")
     parser.add_argument("--updates", default="fedsgd", help="update types: fedsgd,fedavgK (default: fedsgd)")
+    parser.add_argument("--defences", default="none", help="the client's defence chains, comma-separated, each "
+                        "'+'-joined, 'none' for no defence: e.g. none,dpsgd1,clip1+noise0.01,prune0.99,quant4,"
+                        "secagg4 (default: none)")
+    parser.add_argument("--minibatches", default="", help="FedAvg images per local step, comma-separated "
+                        "(default: the whole batch)")
+    parser.add_argument("--optimizers", default="sgd", help="FedAvg optimizers: sgd, momentumM, nesterovM, adam "
+                        "(default: sgd)")
+    parser.add_argument("--weight-decays", default="0", help="the client's weight decays (default: 0)")
+    parser.add_argument("--lrs", default="0.01", help="the client's local learning rates (default: 0.01)")
+    parser.add_argument("--augments", default="none", help="client augmentation: none, flip, crop, cropflip "
+                        "(default: none)")
+    parser.add_argument("--hyper", default="known", help="what the server knows of the local training: known, "
+                        "draws (also its data order and augmentation draws), unknown (default: known)")
     parser.add_argument("--states", default=None, help="model states: random,bncal,warmN (default: random; ckpt "
                         "with --weights)")
     parser.add_argument("--weights", type=Path, help="the checkpoint to audit: a local safetensors file or torch.save "
@@ -195,6 +208,17 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise GiacheckError(f"--batch-sizes {text!r}: give comma-separated whole numbers, e.g. 1,8") from None
+
+
+def _numbers(flag: str, text: str, kind: type, *, allow_empty: bool = False) -> tuple:
+    """A comma-separated list of numbers (``allow_empty``: ``""`` is one absent value, the whole batch)."""
+    if allow_empty and not text.strip():
+        return (None,)
+    try:
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise GiacheckError(f"{flag} {text!r}: give comma-separated {'whole ' if kind is int else ''}numbers, "
+                            f"e.g. {'1,4' if kind is int else '0.01,0.1'}") from None
 
 
 def _pack_from(args: argparse.Namespace):
@@ -227,7 +251,11 @@ def _pack_from(args: argparse.Namespace):
                                 f"{'0.485,0.456,0.406' if flag == 'mean' else '0.229,0.224,0.225'}")
     states = args.states or ("ckpt" if args.weights is not None else "random")
     grid = Grid(batch_sizes=_batch_sizes(args.batch_sizes), bn=args.bn, stats=args.stats, updates=args.updates,
-                states=states)
+                states=states,
+                defences=tuple("" if c.strip() == "none" else c.strip() for c in args.defences.split(",")),
+                minibatches=_numbers("--minibatches", args.minibatches, int, allow_empty=True),
+                optimizers=args.optimizers, weight_decays=_numbers("--weight-decays", args.weight_decays, float),
+                lrs=_numbers("--lrs", args.lrs, float), augments=args.augments, hyper=args.hyper)
     return Pack(name=args.name or _pack_name(args.model), model=args.model, grid=grid, rules=tuple(rules),
                 input_size=args.input_size, num_classes=args.num_classes, mean=channels.get("mean"),
                 std=channels.get("std"), control=args.control, data=args.data, seed=args.seed,

@@ -195,9 +195,9 @@ UTILITY_IMAGES = 8  # held-out images the utility's loss decrease is measured on
 
 def _utility(s: _Setup, defended: ClientUpdate) -> dict[str, Any] | None:
     """How useful the defended update is beside the undefended one (same clients, images and seeds; secure
-    aggregation kept, it loses nothing): their cosine, and the training-loss decrease each gives on held-out
-    images (FedAvg: the weights plus the delta; FedSGD: one step of the client's learning rate). None for an
-    undefended case."""
+    aggregation kept, it loses nothing): their cosine, and the first-order decrease of the training loss on
+    held-out images (none of the client's, the model state's or the calibration images) along the step each
+    gives, with their ratio. None for an undefended case."""
     tokens = s.case.client.defences
     kept = tuple(t for t, d in zip(tokens, make_defences(tokens), strict=True) if d.stage is DefenceStage.AGGREGATE)
     if not tokens or kept == tokens:
@@ -205,31 +205,38 @@ def _utility(s: _Setup, defended: ClientUpdate) -> dict[str, Any] | None:
     reference = _shared_update(s, replace(s.case.client, defences=kept))
     a = torch.cat([defended.tensors[n].flatten().double() for n in defended.tensors])
     b = torch.cat([reference.tensors[n].flatten().double() for n in defended.tensors])
-    held = disjoint_pool(s.source, exclude=list(s.batch.names), count=min(UTILITY_IMAGES, len(s.source)
-                                                                          - len(s.batch.names)),
+    used = list(dict.fromkeys((*s.batch.names, *s.state.images, *_calibration(s.source))))
+    held = disjoint_pool(s.source, exclude=used, count=min(UTILITY_IMAGES, len(s.source) - len(used)),
                          size=s.case.model.resolution)
-    x, y = held.images.to(s.device), s.task.targets(held, s.device)
+    gradient = _heldout_gradient(s, held.images.to(s.device), s.task.targets(held, s.device))
+    descent, reference_descent = (_descent(gradient, u) for u in (defended, reference))
     return {"cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
-            "loss_decrease": _loss_decrease(s, defended, x, y),
-            "reference_loss_decrease": _loss_decrease(s, reference, x, y),
+            "descent": descent, "reference_descent": reference_descent,
+            "relative_descent": descent / reference_descent if reference_descent > 0 else None,
             "images": list(held.names),
-            "note": "cosine to the undefended update; mean training-loss decrease on held-out images after "
-                    "applying each (larger is more useful)"}
+            "note": "cosine to the undefended update; descent: first-order decrease of the mean training loss on "
+                    "the held-out images along the update's step (FedAvg: the delta; FedSGD: minus the gradient "
+                    "times the client's learning rate); relative_descent: the defended update's over the "
+                    "undefended one's (1: as useful; 0: useless; negative: harmful; null when the undefended "
+                    "update does not descend)"}
 
 
-def _loss_decrease(s: _Setup, update: ClientUpdate, x: torch.Tensor, y: Any) -> float:
-    model = s.model
-    scale = 1.0 if update.kind is UpdateKind.FEDAVG else -update.local_lr
-    loss = loss_of(model)
-    with torch.no_grad():
-        was = model.training
-        model.eval()
-        before = float(loss(model(x), y))
-        after_params = {n: p + scale * update.tensors[n] if n in update.tensors else p
-                        for n, p in model.named_parameters()}
-        after = float(loss(torch.func.functional_call(model, after_params, (x,)), y))
+def _heldout_gradient(s: _Setup, x: torch.Tensor, y: Any) -> dict[str, torch.Tensor]:
+    """The held-out training loss's gradient at the global model, BatchNorm in inference mode."""
+    model, was = s.model, s.model.training
+    model.eval()
+    try:
+        params = dict(model.named_parameters())
+        grads = torch.autograd.grad(loss_of(model)(model(x), y), list(params.values()), allow_unused=True)
+    finally:
         model.train(was)
-    return before - after
+    return {n: g.detach() for n, g in zip(params, grads, strict=True) if g is not None}
+
+
+def _descent(gradient: dict[str, torch.Tensor], update: ClientUpdate) -> float:
+    scale = 1.0 if update.kind is UpdateKind.FEDAVG else -update.local_lr
+    return -scale * float(sum((gradient[n].double() * update.tensors[n].double()).sum()
+                              for n in update.tensors if n in gradient))
 
 
 def _attack_groups(pending: list[_Pending]) -> list[list[int]]:

@@ -334,3 +334,14 @@ def test_run_trials_stacks_a_challenge_set_and_keeps_its_order() -> None:
     single = run_case("lenet_sigmoid-32-bn_eval-bs1-stats_none", options=options[1])
     assert not single.attack.batched
     torch.testing.assert_close(single.original, results[1].original)
+
+
+def test_a_defended_case_reports_utility_beside_leakage() -> None:
+    """Utility compares the defended update with the undefended one of the same client: pruning keeps the
+    direction partly, DP-SGD's noise at multiplier 1 all but destroys it; an undefended case has none."""
+    assert run_case(LENET, options=RunOptions(budget=TINY)).utility is None
+    pruned = run_case(f"{LENET}-def_prune0.9", options=RunOptions(budget=TINY)).utility
+    noised = run_case(f"{LENET}-def_dpsgd1", options=RunOptions(budget=TINY)).utility
+    assert 0.3 < pruned["cosine"] < 1 and abs(noised["cosine"]) < 0.1
+    assert pruned["reference_descent"] > 0 and 0 < pruned["relative_descent"] < 1.5
+    assert set(pruned["images"]).isdisjoint({"astronaut", "chelsea", "coffee"})  # the calibration images

@@ -169,3 +169,25 @@ def test_a_new_field_is_written_or_refused_never_dropped(tmp_path: Path) -> None
     with pytest.raises(GiacheckError, match=r"WiderPack\.extra=Counter\(start=1, seen=5\) would read back .* as "
                                             r"Counter\(start=1, seen=0\)"):
         pack_module_source(WiderPack(**base, extra=counted), module)
+
+
+def test_init_pack_takes_the_deployment_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``init-pack`` writes a grid over defences and local training from its flags; a bad value is refused
+    naming the flag, before anything is written."""
+    from giacheck.cli import main
+
+    assert main(["init-pack", str(tmp_path / "pack"), "--model", "resnet18_cifar", "--bn", "eval",
+                 "--defences", "none,dpsgd1,clip1+noise0.01", "--updates", "fedavg2", "--minibatches", "1",
+                 "--optimizers", "momentum0.9", "--weight-decays", "0.0005", "--lrs", "0.1", "--augments", "flip",
+                 "--hyper", "draws"]) == 0
+    source = (tmp_path / "pack" / PACK_MODULE).read_text()
+    for written in ("defences=('', 'dpsgd1', 'clip1+noise0.01')", "minibatches=(1,)", "optimizers=('momentum0.9',)",
+                    "weight_decays=(0.0005,)", "lrs=(0.1,)", "augments=(Augment.FLIP,)",
+                    "hyper=(HyperKnowledge.DRAWS,)"):
+        assert written in source
+    assert "-upd_fedavg2-opt_momentum0.9-wd0.0005-lr0.1-aug_flip-hp_draws-def_dpsgd1" in \
+        (tmp_path / "pack" / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["init-pack", str(tmp_path / "bad"), "--model", "resnet18_cifar", "--lrs", "0.1,fast"]) == 2
+    assert "--lrs '0.1,fast': give comma-separated numbers" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

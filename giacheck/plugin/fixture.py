@@ -66,6 +66,11 @@ class GiaFixture:
         if self.profile != profile:
             pytest.skip(f"needs the {profile!r} profile: {why}")
 
+    def require_full_ladder(self, why: str) -> None:
+        """Skip a ladder point no claim needs unless the run asks for every strength (``--giacheck-ladder=full``)."""
+        if option(self.config, "ladder") != "full":
+            pytest.skip(f"needs --giacheck-ladder=full: {why}")
+
     def case(self, case: str | Case) -> Case:
         """``case`` parsed, with the session's ``--giacheck-attack`` when it names no attack itself, and its model
         state: ``ckpt`` for a model given ``--giacheck-weights``, else ``--giacheck-state`` where it applies

@@ -44,6 +44,8 @@ OPTIONS = (
                   "another state): random, bncal (applied to models with BatchNorm; the others it would not change), "
                   "warmN (classification models; N SGD steps from random initialization: warm-started, not "
                   "trained). Default: each case's own", ""),
+    _Opt("ladder", "defence strengths the deployment suite runs: 'claims' (those its claims need; CI) or 'full' "
+                   "(every strength of each leakage-versus-strength ladder)", "claims"),
 )
 DEFAULT_THREADS = "1"  # what baselines are recorded with
 
@@ -220,6 +222,7 @@ _CHECKS: dict[str, Callable[[str], str | None]] = {
     "profile": _check_profile, "device": _check_device, "artifacts": _check_folder, "baselines": _check_folder,
     "tolerance": _check_tolerance, "gpus": _check_gpus, "threads": _check_threads, "trials": _check_trials,
     "storage": _check_storage, "attack": _check_attack, "state": _check_state,
+    "ladder": lambda value: None if value in ("claims", "full") else "valid: claims, full",
 }
 
 

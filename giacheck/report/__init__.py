@@ -8,9 +8,12 @@ writes
 - ``report.html``: self-contained (inline CSS, PNGs embedded as data URIs, nothing fetched): a verdict table,
   per suite a grid laid out like the paper's figures (originals above reconstructions, case id and SSIM
   under each), and the Figure 4 ladder (``-init_p`` cases) per architecture as an SSIM-vs-noise plot and as an
-  image grid ordered by noise fraction;
-- ``report.md``: the same table and ladder, with links to the PNGs;
-- ``ladder-<architecture>.png``: the ladder plots (matplotlib, Agg canvas; no global backend switch).
+  image grid ordered by noise fraction, and per family of defended cases (``-def_`` chains of one configuration
+  that differ in one token's value, :mod:`giacheck.report.curves`) leakage and utility against the defence's
+  strength, with the reconstructions by strength;
+- ``report.md``: the same table, ladder and defence tables, with links to the PNGs;
+- ``ladder-<architecture>.png``: the ladder plots, ``curve-<case>-def_<chain>.png`` the defence curves
+  (matplotlib, Agg canvas; no global backend switch).
 
 It writes only into a new or empty folder, or one holding nothing but what giacheck wrote there (listed in
 its :data:`giacheck.outputs.MANIFEST`); a folder with anything else in it, or one it cannot write into, is refused
@@ -30,6 +33,7 @@ from pathlib import Path
 from giacheck.errors import GiacheckError
 from giacheck.jsonio import write_bytes_atomic
 from giacheck.outputs import MANIFEST, check_output_folder, claim_outputs
+from giacheck.report.curves import curves as find_curves
 from giacheck.report.layout import ladders as find_ladders
 from giacheck.report.render_html import render_html
 from giacheck.report.render_md import render_markdown
@@ -46,13 +50,13 @@ MAX_PNG_BYTES = 64 * 2**20  # a case's grid is a few hundred kB; a larger file i
 
 def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str], *,
                  keep: Iterable[str] = (), summary: Sequence[str] = ()) -> dict[str, Path]:
-    """Write ``report.html``, ``report.md`` and the ladder plots into ``out_dir``.
+    """Write ``report.html``, ``report.md``, the ladder plots and the defence curves into ``out_dir``.
 
     ``keep`` names entries of ``out_dir`` that belong to the caller: they are neither refused nor touched.
     ``summary``: lines shown first, under the title (an audit's verdict).
 
     Returns:
-        ``{"html": …, "md": …, "ladder:<architecture>": …}`` (paths of the files written).
+        ``{"html": …, "md": …, "ladder:<architecture>": …, "curve:<name>": …}`` (paths of the files written).
 
     Raises:
         GiacheckError: no rows, ``out_dir`` is a file, cannot be created or written, or holds files giacheck did
@@ -71,14 +75,19 @@ def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str], *,
     previous = {name for name, writer in owned.items() if writer == WRITER}
     images = {row.key: _png_bytes(row) for row in rows}
     ladders = find_ladders(rows)
+    curves = find_curves(rows)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     files: dict[str, tuple[str, bytes]] = {
-        "html": ("report.html", render_html(rows, images, ladders, generated, summary).encode("utf-8")),
-        "md": ("report.md", render_markdown(rows, images, ladders, out, generated, summary).encode("utf-8")),
+        "html": ("report.html", render_html(rows, images, ladders, generated, summary, curves=curves).encode("utf-8")),
+        "md": ("report.md", render_markdown(rows, images, ladders, out, generated, summary,
+                                            curves=curves).encode("utf-8")),
     }
     for ladder in ladders:
         if ladder.png is not None:
             files[f"ladder:{ladder.architecture}"] = (ladder.filename, ladder.png)
+    for curve in curves:
+        if curve.png is not None:
+            files[f"curve:{curve.name}"] = (curve.filename, curve.png)
     try:
         out.mkdir(parents=True, exist_ok=True)
         written = {key: write_bytes_atomic(data, out / name) for key, (name, data) in files.items()}
@@ -87,7 +96,7 @@ def write_report(rows: Sequence[CaseRow], out_dir: str | os.PathLike[str], *,
     except OSError as exc:  # the folder was writable when checked; a full disk, or it changed since
         raise GiacheckError(f"--out {out}: writing the report failed ({exc}); files written before the failure "
                             "are complete, none is half-written") from None
-    for stale in sorted(previous - names):  # plots of architectures no longer in the results
+    for stale in sorted(previous - names):  # plots of architectures or defence families no longer in the results
         path = out / stale
         if path.is_file() and not path.is_symlink():
             path.unlink()

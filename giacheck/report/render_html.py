@@ -1,5 +1,6 @@
 """``report.html``: self-contained (inline CSS, PNGs embedded as data URIs, nothing fetched): a verdict table,
-per suite a grid laid out like the paper's figures, and the Figure 4 ladders. Every text is escaped."""
+per suite a grid laid out like the paper's figures, the Figure 4 ladders and the defence curves. Every text is
+escaped."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import base64
 import html
 from collections.abc import Sequence
 
+from giacheck.report.curves import COLUMNS as CURVE_COLUMNS
+from giacheck.report.curves import Curve, table_cells
 from giacheck.report.layout import Ladder, caption, num, suite_title, suites
 from giacheck.report.rows import EVIDENCE_COLUMNS, EVIDENCE_NOTE, CaseRow
 
@@ -55,6 +58,7 @@ figure .noimage { display: flex; align-items: center; justify-content: center; w
 .ladder { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .ladder img { max-width: 620px; width: 100%; border: 1px solid var(--line); }
 .ladder table { width: auto; }
+.ladder.curve img { max-width: 1100px; }
 """
 
 
@@ -72,14 +76,15 @@ def _data_uri(png: bytes) -> str:
 
 
 def render_html(rows: Sequence[CaseRow], images: Images, ladders: Sequence[Ladder], generated: str,
-                summary: Sequence[str] = ()) -> str:
-    """The whole page: header, verdict table, one image grid per suite, the ladders, the cases without image."""
+                summary: Sequence[str] = (), *, curves: Sequence[Curve] = ()) -> str:
+    """The whole page: header, verdict table, one image grid per suite, the ladders, the defence curves, the cases
+    without image."""
     profiles = {row.profile for row in rows}
     out = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<title>giacheck report</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
-        *_header(rows, profiles, generated, summary, bool(ladders)),
+        *_header(rows, profiles, generated, summary, bool(ladders), bool(curves)),
         *_verdict_table(rows, profiles),
     ]
     for index, ((profile, suite), members) in enumerate(suites(rows).items()):
@@ -88,13 +93,15 @@ def render_html(rows: Sequence[CaseRow], images: Images, ladders: Sequence[Ladde
         out.append("</section>")
     if ladders:
         out.extend(_ladder_section(ladders, images))
+    if curves:
+        out.extend(_curve_section(curves, images))
     out.extend(_missing_section(rows, images))
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
 def _header(rows: Sequence[CaseRow], profiles: set[str], generated: str, summary: Sequence[str],
-            has_ladders: bool) -> list[str]:
+            has_ladders: bool, has_curves: bool = False) -> list[str]:
     esc = html.escape
     counts: dict[str, int] = {}
     for row in rows:
@@ -112,7 +119,8 @@ def _header(rows: Sequence[CaseRow], profiles: set[str], generated: str, summary
         '<nav><a href="#verdicts">verdicts</a>'
         + "".join(f'<a href="#suite-{i}">{esc(suite_title(p, s, profiles))}</a>'
                   for i, (p, s) in enumerate(suites(rows)))
-        + ('<a href="#ladder">Figure 4 ladder</a>' if has_ladders else "") + "</nav>",
+        + ('<a href="#ladder">Figure 4 ladder</a>' if has_ladders else "")
+        + ('<a href="#curves">defence curves</a>' if has_curves else "") + "</nav>",
     ]
 
 
@@ -161,6 +169,32 @@ def _ladder_section(ladders: Sequence[Ladder], images: Images) -> list[str]:
         out.append("</tbody></table></div>")
     out.append("</section>")
     return out
+
+
+def _curve_section(curves: Sequence[Curve], images: Images) -> list[str]:
+    esc = html.escape
+    out = ['<section id="curves"><h2>Defence strength: leakage and utility</h2>',
+           '<p class="note">Defended cases of one configuration whose defence chains differ in one parameter. Left: '
+           "the SSIM of the most leaking image against the defence's strength (filled: re-identified, hollow: not), "
+           "with the ε the defence accounts for; dashed: the undefended case. Right: utility, the defended update's "
+           "cosine to the undefended one and its held-out descent relative to the undefended one's (dashed: "
+           "undefended, 1). Below: the reconstructions by strength.</p>"]
+    for curve in curves:
+        out.append(f'<h3>{esc(curve.title)}</h3><div class="ladder curve">')
+        if curve.png is not None:
+            out.append(f'<img src="{_data_uri(curve.png)}" alt="{esc("leakage and utility vs " + curve.title)}">')
+        out.append("<table><thead><tr>" + _curve_cells("th", CURVE_COLUMNS) + "</tr></thead><tbody>")
+        out.extend(f"<tr>{_curve_cells('td', cells)}</tr>" for cells in table_cells(curve))
+        out.append("</tbody></table></div>")
+        out.append(_grid(curve.rows, images))  # the image ladder, by strength
+    out.append("</section>")
+    return out
+
+
+def _curve_cells(tag: str, cells: Sequence[str]) -> str:
+    """A row of a curve's table: numbers right-aligned, the re-identified column as text."""
+    attrs = ["" if column == "re-identified" else ' class="num"' for column in CURVE_COLUMNS]
+    return "".join(f"<{tag}{attr}>{html.escape(cell)}</{tag}>" for attr, cell in zip(attrs, cells, strict=True))
 
 
 def _missing_section(rows: Sequence[CaseRow], images: Images) -> list[str]:

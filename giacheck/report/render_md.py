@@ -1,4 +1,5 @@
-"""``report.md``: the verdict table and the ladders, with links to the PNGs (images are embedded only in HTML)."""
+"""``report.md``: the verdict table, the ladders and the defence curves' tables, with links to the PNGs (images are
+embedded only in HTML)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
+from giacheck.report.curves import COLUMNS as CURVE_COLUMNS
+from giacheck.report.curves import Curve, table_cells
 from giacheck.report.layout import Ladder, caption, num, suite_title, suites
 from giacheck.report.rows import EVIDENCE_COLUMNS, EVIDENCE_NOTE, CaseRow
 
@@ -46,7 +49,8 @@ def _relative(path: Path, start: Path) -> str:
 
 
 def render_markdown(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], bytes | None],
-                    ladders: Sequence[Ladder], out: Path, generated: str, summary: Sequence[str] = ()) -> str:
+                    ladders: Sequence[Ladder], out: Path, generated: str, summary: Sequence[str] = (), *,
+                    curves: Sequence[Curve] = ()) -> str:
     """The Markdown report; PNG links are relative to ``out``, the folder it is written into."""
     profiles = {row.profile for row in rows}
     lines = [
@@ -64,6 +68,7 @@ def render_markdown(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], 
         + f" | {_cell(r.shown_baseline)} | {_cell(r.shown_verdict)} |" for r in rows)
     lines += ["", EVIDENCE_NOTE, ""]
     lines += _ladder_lines(ladders)
+    lines += _curve_lines(curves)
     lines += ["## Images (originals above reconstructions)", ""]
     for (profile, suite), members in suites(rows).items():
         lines += [f"### {_cell(suite_title(profile, suite, profiles))}", ""]
@@ -86,4 +91,23 @@ def _ladder_lines(ladders: Sequence[Ladder]) -> list[str]:
         lines += [f"| {_code(r.case_id)} | {r.init_p:g} | {num(r.init_ssim)} | {num(r.ssim_mean)} |"
                   for r in ladder.rows]
         lines.append("")
+    return lines
+
+
+def _curve_lines(curves: Sequence[Curve]) -> list[str]:
+    if not curves:
+        return []
+    lines = ["## Defence strength: leakage and utility", "",
+             "Defended cases of one configuration whose defence chains differ in one parameter: the most leaking "
+             "image's SSIM, whether the challenge set re-identified an image, the ε the defence accounts for, and "
+             "the update's utility (cosine to the undefended update, held-out descent relative to the undefended "
+             "update's).", ""]
+    for curve in curves:
+        lines += [f"### {_cell(curve.title)}", ""]
+        if curve.png is not None:
+            lines += [f"![leakage and utility vs {_cell(curve.defence)}]({curve.filename})", ""]
+        lines += ["| " + " | ".join(CURVE_COLUMNS) + " |",
+                  "|" + "".join("---|" if c == "re-identified" else "---:|" for c in CURVE_COLUMNS)]
+        lines += ["| " + " | ".join(_cell(c) for c in cells) + " |" for cells in table_cells(curve)]
+        lines += ["", "Cases: " + ", ".join(_code(row.case_id) for row in curve.rows), ""]
     return lines

@@ -8,15 +8,23 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from giacheck.errors import GiacheckError, InvalidCaseError
 from giacheck.jsonio import read_json
-from giacheck.records import RESULTS_JSON, RESULTS_JSONL, CaseRecord, is_records_document, read_records, records_from
+from giacheck.records import (
+    RESULTS_JSON,
+    RESULTS_JSONL,
+    CaseRecord,
+    is_records_document,
+    lookup,
+    read_records,
+    records_from,
+)
 from giacheck.specs import ID_FORM, Case
 
 __all__ = ["MAX_RESULT_BYTES", "NON_FINITE", "CaseRow", "check_case_id", "load_results", "shown_score"]
@@ -165,6 +173,52 @@ class CaseRow:
         return case.with_(init_p=None).id.removeprefix(f"{case.model.name}-")
 
     @property
+    def defences(self) -> tuple[str, ...]:
+        """The client's defence chain (the ``-def_`` tokens, in the order applied); () for an undefended case."""
+        case = _case(self.case_id)
+        return () if case is None else case.client.defences
+
+    @property
+    def undefended_id(self) -> str | None:
+        """The id of the same case without its defence chain; None for an undefended case."""
+        case = _case(self.case_id)
+        if case is None or not case.client.defences:
+            return None
+        return case.with_(client=replace(case.client, defences=())).id
+
+    @property
+    def worst_ssim(self) -> float:
+        """The most leaking image's SSIM: the challenge set's ``max_ssim``, else the run's ``ssim.max``."""
+        value = _number(lookup(self.record.result, "challenge.max_ssim"))
+        return self.ssim_max if value is None else value
+
+    @property
+    def reidentified(self) -> bool | None:
+        """Whether the challenge set re-identified an image (``reidentified`` > 0 or ``leaks``); None without one."""
+        challenge = self.record.result.get("challenge")
+        if not isinstance(challenge, Mapping):
+            return None
+        count, leaks = _number(challenge.get("reidentified")), challenge.get("leaks")
+        if leaks is True or (count is not None and count > 0):
+            return True
+        return False if leaks is False or count is not None else None
+
+    def utility(self, name: str) -> float | None:
+        """``utility.<name>`` of the result (``cosine``, ``descent``, ``relative_descent``); None when
+        the case recorded none (an undefended case, an older result)."""
+        return _number(lookup(self.record.result, f"utility.{name}"))
+
+    @property
+    def epsilons(self) -> tuple[tuple[str, float], ...]:
+        """``(defence token, ε)`` of each noise-adding defence ``threat.privacy`` accounts for (ε may be infinite:
+        no noise)."""
+        privacy = lookup(self.record.result, "threat.privacy")
+        if not isinstance(privacy, list):
+            return ()
+        return tuple((str(entry.get("defence", "")), epsilon) for entry in privacy
+                     if isinstance(entry, Mapping) and (epsilon := _number(entry.get("epsilon"))) is not None)
+
+    @property
     def shown_verdict(self) -> str:
         """The verdict as the suite summary prints it (a baseline failure turns a passing claim into fail(base)); a
         case whose SSIM is not finite is inconclusive whatever was recorded: NaN is no evidence of no leak."""
@@ -175,6 +229,11 @@ class CaseRow:
     @property
     def shown_baseline(self) -> str:
         return self.record.shown_baseline
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a number (not a bool), else None."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def load_results(paths: Iterable[str | os.PathLike[str]]) -> list[CaseRow]:
