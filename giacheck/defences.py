@@ -147,7 +147,8 @@ def privacy(defences: Sequence[Defence], *, dataset_size: int, minibatch: int | 
     DP-SGD (example-level, within this round): sampling rate ``minibatch / dataset_size`` over
     ``epochs · ceil(dataset_size / minibatch)`` steps (the accountant assumes Poisson sampling; the client draws
     shuffled fixed-size mini-batches, the usual approximation). Update noise (user-level, one round): one
-    Gaussian mechanism of sensitivity ``clipping_norm``, sampling rate 1. Zero noise: ε = ∞.
+    Gaussian mechanism of sensitivity ``clipping_norm``, sampling rate 1. Zero noise bounds nothing: JSON has no
+    infinity, so the entry says ``"epsilon": None, "bounded": False``.
     """
     from opacus.accountants import RDPAccountant  # lazy: Opacus imports slowly and most cases have no DP
 
@@ -162,15 +163,16 @@ def privacy(defences: Sequence[Defence], *, dataset_size: int, minibatch: int | 
             continue
         z = d.noise_multiplier
         if z == 0:
-            epsilon = math.inf
+            epsilon = None
         else:
             accountant = RDPAccountant()
             accountant.history = [(z, q, steps)]
             with warnings.catch_warnings():  # tiny noise: the bound sits at the smallest order, a huge ε
                 warnings.filterwarnings("ignore", message="Optimal order is the")
                 epsilon = float(accountant.get_epsilon(delta))
-        out.append({"defence": d.token, "epsilon": epsilon, "delta": delta, "sample_rate": q, "steps": steps,
-                    "level": level, "accountant": "opacus.accountants.RDPAccountant"})
+        out.append({"defence": d.token, "epsilon": epsilon, "bounded": epsilon is not None, "delta": delta,
+                    "sample_rate": q, "steps": steps, "level": level,
+                    "accountant": "opacus.accountants.RDPAccountant"})
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -182,3 +183,15 @@ def test_dpsgd_on_a_fixed_resnet_agrees_with_the_replica() -> None:
     update = simulate_update(model, images, labels, spec, seed=0)
     replica = Replica(model, update, labels)
     assert _one_minus_cos(update.tensors, replica.dummy_update(images), replica.names) < 1e-6
+
+
+def test_privacy_accounting_is_strict_json() -> None:
+    """Zero noise bounds nothing: the entry says so in JSON (which has no infinity); noise gives a finite ε."""
+    import json
+
+    from giacheck.defences import make_defences, privacy
+
+    entries = privacy(make_defences(("dpsgd0", "clip1", "noise1")), dataset_size=4, minibatch=None, epochs=1)
+    assert [(e["defence"], e["bounded"]) for e in entries] == [("dpsgd0", False), ("noise1", True)]
+    assert entries[0]["epsilon"] is None and 0 < entries[1]["epsilon"] < math.inf
+    json.dumps(entries, allow_nan=False)

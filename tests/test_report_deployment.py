@@ -38,7 +38,9 @@ def _result(case_id: str, worst: float, *, reidentified: int | None = None, epsi
         result["challenge"] = {"max_ssim": worst, "reidentified": reidentified, "leaks": reidentified > 0}
     if epsilon is not None:
         token = case_id.rsplit("-def_", 1)[1]
-        result["threat"]["privacy"] = [{"defence": token, "epsilon": epsilon, "delta": 1e-5}]
+        bounded = math.isfinite(epsilon)  # as giacheck.defences.privacy writes it: JSON has no infinity
+        result["threat"]["privacy"] = [{"defence": token, "epsilon": epsilon if bounded else None,
+                                        "bounded": bounded, "delta": 1e-5}]
     if utility is not None:
         result["utility"] = utility
     return result

@@ -210,13 +210,13 @@ class CaseRow:
 
     @property
     def epsilons(self) -> tuple[tuple[str, float], ...]:
-        """``(defence token, ε)`` of each noise-adding defence ``threat.privacy`` accounts for (ε may be infinite:
-        no noise)."""
+        """``(defence token, ε)`` of each noise-adding defence ``threat.privacy`` accounts for; ε is infinite for
+        an entry marked ``"bounded": false`` (no noise)."""
         privacy = lookup(self.record.result, "threat.privacy")
         if not isinstance(privacy, list):
             return ()
         return tuple((str(entry.get("defence", "")), epsilon) for entry in privacy
-                     if isinstance(entry, Mapping) and (epsilon := _number(entry.get("epsilon"))) is not None)
+                     if isinstance(entry, Mapping) and (epsilon := _epsilon(entry)) is not None)
 
     @property
     def shown_verdict(self) -> str:
@@ -229,6 +229,12 @@ class CaseRow:
     @property
     def shown_baseline(self) -> str:
         return self.record.shown_baseline
+
+
+def _epsilon(entry: Mapping[str, Any]) -> float | None:
+    """The ε of one ``threat.privacy`` entry: infinite when it is marked unbounded, else its number (None if
+    it has none)."""
+    return math.inf if entry.get("bounded") is False else _number(entry.get("epsilon"))
 
 
 def _number(value: Any) -> float | None:
