@@ -115,6 +115,8 @@ def run_audit(pack: Pack, *, profile: str, device: str, out: Path | str, progres
 
     out = Path(out)
     check_output_folder(out, command="giacheck audit", consequence="nothing was run or written")
+    if pack.client is not None:  # a client that does not import, or a missing framework: before any compute
+        pack.client.check()
     torch_device = resolve_device(device)  # an unknown device, or CUDA where there is none: before any write
     if get_profile(profile).needs_gpu and torch_device.type == "cpu":
         raise GiacheckError(f"profile {profile!r} needs a GPU (--device cuda); on a CPU use --profile smoke")
@@ -193,6 +195,7 @@ def identity(pack: Pack, plan: Plan, *, profile: str, device: str) -> dict[str, 
         "attack": pack.attacker, "budget": None if pack.attack is None else repr(pack.attack),
         "data": pack.data, "seed": pack.seed, "profile": profile, "device": device,
         "giacheck": __version__, "torch": torch.__version__,
+        "client": None if pack.client is None else {**pack.client.describe(), "version": pack.client.version()},
     }
 
 

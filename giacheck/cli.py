@@ -17,6 +17,7 @@ Exit status, the same for every command:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -134,6 +135,13 @@ def _parser() -> argparse.ArgumentParser:
                             "audit's (nothing else in it is overwritten)")
     audit.add_argument("--fresh", action="store_true",
                        help="discard an unfinished audit's journal in --out instead of resuming it")
+    audit.add_argument("--flower-app", metavar="PKG.MOD:ATTR",
+                       help="capture a real Flower client's round (a ClientApp, a NumPyClient or a client_fn) in "
+                            "place of the simulated client; needs pip install 'giacheck[flower]' and --updates "
+                            "fedavgK")
+    audit.add_argument("--flower-config", default="", metavar="KEY=VALUE,…",
+                       help="what the server adds to the train config (e.g. clipping_norm=1.0 for Flower's DP "
+                            "clipping mods)")
     audit.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="progress bar (default: when standard error is a terminal; log lines otherwise)")
 
@@ -271,10 +279,33 @@ def _pack_name(model: str) -> str:
     return f"{name}_pack" if name in list_models() else name
 
 
+def _config(text: str) -> dict[str, float | int | str]:
+    """``--flower-config`` as a dict: numbers where they parse as numbers."""
+    out: dict[str, float | int | str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GiacheckError(f"--flower-config {item!r}: write KEY=VALUE, e.g. clipping_norm=1.0")
+        for cast in (int, float, str):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+    return out
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from giacheck.audit import run_audit
 
-    outcome = run_audit(_pack_from(args), profile=args.profile, device=args.device, out=args.out,
+    if args.flower_config and not args.flower_app:
+        raise GiacheckError("--flower-config is what the server sends a Flower client: give --flower-app too")
+    pack = _pack_from(args)
+    if args.flower_app:
+        from giacheck.fl import FlowerClient
+
+        pack = dataclasses.replace(pack, client=FlowerClient(args.flower_app, config=_config(args.flower_config)))
+    outcome = run_audit(pack, profile=args.profile, device=args.device, out=args.out,
                         progress=args.progress, fresh=args.fresh)
     if outcome.resumed:
         print(f"resumed: {len(outcome.resumed)} finished case(s) kept from {outcome.files['journal']}, "

@@ -76,6 +76,7 @@ class ClientUpdate:
     spec: ClientSpec | None = None  # None: plain SGD from the fields above
     draws_seed: int | None = None
     clients: int = 1
+    captured: dict[str, Any] | None = None  # a real framework client's round: what the server saw (giacheck.fl)
 
     @property
     def client(self) -> ClientSpec:

@@ -273,6 +273,9 @@ class Pack:
         attack: overrides the profile's budget (for the control too, so the budget stays the same).
         attacker: the attack run on every configuration and on the control (a registered attack name or
             ``package.module:Name``; default the built-in); its name is part of every case id but the built-in's.
+        client: a real framework client (:class:`giacheck.fl.FlowerClient`) whose round every configuration
+            captures in place of giacheck's simulated client; the configurations must then be FedAvg without
+            simulated defences (the client applies its own). The control stays simulated.
     """
 
     name: str
@@ -290,6 +293,7 @@ class Pack:
     attack: AttackSpec | None = None
     attacker: str = DEFAULT_ATTACK
     weights: Path | str | None = None
+    client: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -327,6 +331,16 @@ class Pack:
         if self.weights is None and "ckpt" in self.grid.states:
             raise InvalidPackError(f"pack {self.name}: grid state ckpt needs Pack(weights=PATH), the checkpoint "
                                    "file to audit")
+        if self.client is not None:
+            if not callable(getattr(self.client, "run_round", None)):
+                raise InvalidPackError(f"pack {self.name}: client={self.client!r} (valid: a framework client such "
+                                       f"as giacheck.fl.FlowerClient('pkg.mod:app'), or None)")
+            fedsgd = [u for u in self.grid.updates if not u.startswith("fedavg")]
+            defended = [d for d in self.grid.defences if d]
+            if fedsgd or defended:
+                raise InvalidPackError(f"pack {self.name}: a framework client sends weights after its own training "
+                                       f"and applies its own defences; grid updates {fedsgd or ''} "
+                                       f"defences {defended or ''}: use updates=('fedavgK',) and no defences")
 
     # -- the model and its cases
     def register(self) -> str:
@@ -454,7 +468,7 @@ class Pack:
 
     def case_options(self) -> RunOptions:
         """How every configuration runs: :meth:`run_options` with the pack's weights file."""
-        options = self.run_options()
+        options = dataclasses.replace(self.run_options(), client=self.client)
         return dataclasses.replace(options, weights=str(self.weights)) if self.weights is not None else options
 
     # -- verdicts

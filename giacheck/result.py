@@ -111,6 +111,7 @@ class Threat(_Part):
     hyper: str | None = None  # what the server knew of the local training (HyperKnowledge)
     assumed: str | None = None  # what the replica assumed where it did not know
     clients: int | None = None  # secure aggregation: the clients whose mean update the server saw
+    framework: dict[str, Any] | None = None  # a captured framework client: its name, version, what the server saw
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}  # unset parts left out

@@ -182,6 +182,14 @@ def _shared_update(s: _Setup, client: ClientSpec) -> ClientUpdate:
     client's (client ``k`` trains on its share of ``s.batch`` with seed ``client seed + k``)."""
     images = s.batch.images.to(s.device)
     seed = s.options.seeds["client"]
+    if s.options.client is not None:
+        from giacheck.fl import capture  # lazy: only a captured case needs the framework
+
+        if s.clients != 1:
+            raise InvalidCaseError("secure aggregation is simulated; a captured framework client is one client "
+                                   "(drop -def_secaggM)")
+        update, record = capture(s.options.client, s.model, images, s.labels, client, seed=seed)
+        return replace(update, captured=record)
     if s.clients == 1:
         return simulate_update(s.model, images, s.labels, client, seed=seed)
     updates = [simulate_update(s.model, x, y, client, seed=seed + k)
@@ -389,7 +397,7 @@ def _attacker_knowledge(s: _Setup, update: ClientUpdate) -> _Knowledge:
                     inferred_labels=inferred, proxy=proxy, init_ssim=init_ssim, init_fraction=fraction,
                     denoised_ssim=denoised, defences=defences or None, privacy=epsilons or None,
                     hyper=str(s.case.threat.hyper), assumed=_assumed(s.case, update),
-                    clients=s.clients if s.clients > 1 else None)
+                    clients=s.clients if s.clients > 1 else None, framework=update.captured)
     return _Knowledge(labels=labels, stats=stats, init=init, threat=threat,
                       auxiliary=tuple(proxy.pool) if proxy is not None else ())
 

@@ -286,6 +286,8 @@ class RunOptions:
         client_seed: seeds the client's own randomness (its data order and its defences' draws); None: ``seed``.
         weights: a local weights file (safetensors, or a ``torch.save`` state dict read with
             ``weights_only=True``) the global model starts from: the case's state is then ``ckpt``.
+        client: a real framework client whose round is captured in place of the simulated client
+            (:class:`giacheck.fl.FlowerClient`); None: giacheck simulates the case's client.
     """
 
     seed: int = 0
@@ -295,6 +297,7 @@ class RunOptions:
     model_seed: int | None = None
     client_seed: int | None = None
     weights: str | None = None
+    client: Any = None
 
     def __post_init__(self) -> None:
         for name in ("seed", "model_seed", "client_seed"):
@@ -314,6 +317,9 @@ class RunOptions:
             raise InvalidCaseError(f"budget={self.budget!r} (valid: a giacheck.specs.AttackSpec or None)")
         if self.image is not None and (not isinstance(self.image, str) or not self.image):
             raise InvalidCaseError(f"image={self.image!r} (valid: the name of an image in the source, or None)")
+        if self.client is not None and not callable(getattr(self.client, "run_round", None)):
+            raise InvalidCaseError(f"client={self.client!r} (valid: a framework client such as "
+                                   f"giacheck.fl.FlowerClient('pkg.mod:app'), or None)")
 
     @property
     def seeds(self) -> dict[str, int]:

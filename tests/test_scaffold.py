@@ -103,8 +103,9 @@ def test_every_field_round_trips(tmp_path: Path, scaffoldmod: ModuleType) -> Non
                 control="lenet_sigmoid-32-bn_eval-bs1-stats_none",
                 baselines=tmp_path / "shared" / "baselines", data=f"imagefolder:{_image_folder(tmp_path / 'imgs')}",
                 seed=7, attack=AttackSpec(iterations=5, tv_weight=0.5, distance="l2"), attacker="scaffold_probe")
-    for cls, obj in ((Pack, pack), (Grid, grid)):
-        same = [name for name, default in _defaults(cls).items() if getattr(obj, name) == default]
+    for cls, obj in ((Pack, pack), (Grid, grid)):  # client needs a grid without simulated defences: see below
+        same = [name for name, default in _defaults(cls).items()
+                if getattr(obj, name) == default and (cls, name) != (Pack, "client")]
         assert not same, f"set {cls.__name__} field(s) {same} off their default in this test"
 
     written = scaffold_pack(tmp_path / "pack", pack)
@@ -191,3 +192,15 @@ def test_init_pack_takes_the_deployment_settings(tmp_path: Path, capsys: pytest.
     assert main(["init-pack", str(tmp_path / "bad"), "--model", "resnet18_cifar", "--lrs", "0.1,fast"]) == 2
     assert "--lrs '0.1,fast': give comma-separated numbers" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_framework_client_round_trips(tmp_path: Path) -> None:
+    from giacheck.fl import FlowerClient
+
+    client = FlowerClient("giacheck.fl.example_apps:clip_app", config={"clipping_norm": 0.5}, delta=True)
+    pack = Pack(name="acme_flower", model="giacheck.models.lenet:lenet_sigmoid", input_size=16, num_classes=10,
+                grid=Grid(bn=("eval",), updates=("fedavg1",)), client=client)
+    written = scaffold_pack(tmp_path / "pack", pack)
+    text = written["module"].read_text()
+    assert "from giacheck.fl.flower import FlowerClient" in text
+    assert _import(written["module"]).PACK.client == client

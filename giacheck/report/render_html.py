@@ -55,6 +55,7 @@ figure .noimage { display: flex; align-items: center; justify-content: center; w
                   border: 1px dashed #a0a7b4; color: var(--muted); font-size: 12px; text-align: center; }
 .caption { min-width: 128px; font-size: 11px; line-height: 1.3; margin-top: 4px; overflow-wrap: anywhere; }
 .caption .ssim { font-weight: 600; font-size: 12px; }
+.caption .client { font-size: 11px; color: #555; max-width: 32em; }
 .ladder { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .ladder img { max-width: 620px; width: 100%; border: 1px solid var(--line); }
 .ladder table { width: auto; }
@@ -217,4 +218,6 @@ def _figure(row: CaseRow, png: bytes | None) -> str:
         picture = '<div class="noimage">no image</div>'
     case_id = esc(row.case_id).replace("-", "-<wbr>")
     return (f'<figure>{picture}<figcaption class="caption"><div class="id">{case_id}</div>'
-            f'<div class="ssim">{esc(caption(row))}</div></figcaption></figure>')
+            f'<div class="ssim">{esc(caption(row))}</div>'
+            + (f'<div class="client">{esc(row.captured_client)}</div>' if row.captured_client else "")
+            + "</figcaption></figure>")

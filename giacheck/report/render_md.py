@@ -74,7 +74,8 @@ def render_markdown(rows: Sequence[CaseRow], images: dict[tuple[str, str, str], 
         lines += [f"### {_cell(suite_title(profile, suite, profiles))}", ""]
         for r in members:
             where = f"[PNG](<{_relative(r.image, out)}>)" if images[r.key] is not None and r.image else "no image"
-            lines.append(f"- {_code(r.case_id)}: {_cell(caption(r))}, {where}")
+            client = f"; {_cell(r.captured_client)}" if r.captured_client else ""
+            lines.append(f"- {_code(r.case_id)}: {_cell(caption(r))}, {where}{client}")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -209,6 +209,25 @@ class CaseRow:
         return _number(lookup(self.record.result, f"utility.{name}"))
 
     @property
+    def captured_client(self) -> str | None:
+        """A captured framework client's round in one line (``threat.framework``): the framework and version,
+        the client, what the server sent and saw, and what the replica assumed; None for a simulated client."""
+        fw = lookup(self.record.result, "threat.framework")
+        if not isinstance(fw, Mapping):
+            return None
+        sent = fw.get("sent_by_server") if isinstance(fw.get("sent_by_server"), Mapping) else {}
+        returned = fw.get("returned") if isinstance(fw.get("returned"), Mapping) else {}
+        replica = fw.get("replica") if isinstance(fw.get("replica"), Mapping) else {}
+        extra = fw.get("server_config") if isinstance(fw.get("server_config"), Mapping) else {}
+        config = ", ".join(f"{k} {v}" for k, v in {**sent, **extra}.items())
+        return (f"captured from {fw.get('framework', '?')} {fw.get('version', '')} client {fw.get('target', '?')}: "
+                f"server sent {config}; it returned {returned.get('kind', '?')} ({returned.get('arrays', '?')} "
+                f"arrays{', BatchNorm buffers' if returned.get('batchnorm_buffers') else ''}); "
+                + (f"replica {replica.get('bn_mode', '?')}-mode BatchNorm, " if returned.get("batchnorm_buffers")
+                   else "")
+                + str(replica.get("assumed", "")))
+
+    @property
     def epsilons(self) -> tuple[tuple[str, float], ...]:
         """``(defence token, ε)`` of each noise-adding defence ``threat.privacy`` accounts for; ε is infinite for
         an entry marked ``"bounded": false`` (no noise)."""
