@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="capture a real Flower client's round (a ClientApp, a NumPyClient or a client_fn) in "
                             "place of the simulated client; needs pip install 'giacheck[flower]' and --updates "
                             "fedavgK")
+    audit.add_argument("--fedn-train", metavar="PKG.MOD:TRAIN",
+                       help="capture a Scaleout Edge (FEDn) train callback's round in place of the simulated client; "
+                            "needs pip install 'giacheck[fedn]' and --updates fedavgK")
     audit.add_argument("--flower-config", default="", metavar="KEY=VALUE,…",
                        help="what the server adds to the train config (e.g. clipping_norm=1.0 for Flower's DP "
                             "clipping mods)")
@@ -300,11 +303,17 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     if args.flower_config and not args.flower_app:
         raise GiacheckError("--flower-config is what the server sends a Flower client: give --flower-app too")
+    if args.flower_app and args.fedn_train:
+        raise GiacheckError("--flower-app and --fedn-train: an audit captures one client; give one of them")
     pack = _pack_from(args)
     if args.flower_app:
         from giacheck.fl import FlowerClient
 
         pack = dataclasses.replace(pack, client=FlowerClient(args.flower_app, config=_config(args.flower_config)))
+    elif args.fedn_train:
+        from giacheck.fl import FednClient
+
+        pack = dataclasses.replace(pack, client=FednClient(args.fedn_train))
     outcome = run_audit(pack, profile=args.profile, device=args.device, out=args.out,
                         progress=args.progress, fresh=args.fresh)
     if outcome.resumed:

@@ -273,9 +273,9 @@ class Pack:
         attack: overrides the profile's budget (for the control too, so the budget stays the same).
         attacker: the attack run on every configuration and on the control (a registered attack name or
             ``package.module:Name``; default the built-in); its name is part of every case id but the built-in's.
-        client: a real framework client (:class:`giacheck.fl.FlowerClient`) whose round every configuration
-            captures in place of giacheck's simulated client; the configurations must then be FedAvg without
-            simulated defences (the client applies its own). The control stays simulated.
+        client: a real framework client (:class:`giacheck.fl.FlowerClient`, :class:`giacheck.fl.FednClient`) whose
+            round every configuration captures in place of giacheck's simulated client; the configurations must
+            then be FedAvg without simulated defences (the client applies its own). The control stays simulated.
     """
 
     name: str

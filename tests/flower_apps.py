@@ -10,7 +10,7 @@ from flwr.clientapp import ClientApp
 
 from giacheck.examples import plain_classifier
 from giacheck.fl import client_batch
-from giacheck.fl.example_apps import train_locally
+from giacheck.fl.local import train_locally
 
 
 def _trained(arrays: ArrayRecord, config) -> tuple[torch.nn.Module, int]:

@@ -15,6 +15,8 @@ from giacheck.models import build, get_entry
 from giacheck.runner import run_case, run_trials
 from giacheck.specs import Case, RunOptions, get_profile
 
+pytest.importorskip("flwr", reason="the flower extra: pip install -e '.[test,flower]'")
+
 APPS = "giacheck.fl.example_apps"
 LENET = "lenet_sigmoid-16-bn_eval-bs1-stats_none-upd_fedavg1"  # the DLG control, one local SGD step
 ACME = "giacheck.examples:classifier"  # the vendor CNN with BatchNorm
@@ -146,10 +148,18 @@ def test_audit_refuses_a_client_that_does_not_import_before_any_compute(tmp_path
     from giacheck.cli import main
 
     monkeypatch.setattr(giacheck.runner, "run_trials", lambda *a, **k: pytest.fail("a case ran"))
-    code = main(["audit", "--model", "giacheck.models.lenet:lenet_sigmoid", "--input-size", "16",
+    code = main(["audit", "--name", "fl_lenet", "--model", "giacheck.models.lenet:lenet_sigmoid", "--input-size", "16",
                  "--updates", "fedavg1", "--flower-app", "no_such_pkg_typo:app", "--out", str(tmp_path / "a")])
     assert code == 2 and "module 'no_such_pkg_typo' does not import" in capsys.readouterr().err
     assert not (tmp_path / "a" / "results.json").exists()
+
+
+def test_missing_scaleoututil_names_the_fedn_extra(monkeypatch) -> None:
+    from giacheck.fl import FednClient
+
+    monkeypatch.setitem(sys.modules, "scaleoututil", None)
+    with pytest.raises(CaptureError, match=r"pip install 'giacheck\[fedn\]'"):
+        FednClient("giacheck.fl.example_fedn:train").check()
 
 
 def test_a_simulated_defence_with_a_framework_client_is_refused() -> None:
@@ -167,7 +177,8 @@ def test_client_batch_outside_a_capture_is_an_error() -> None:
 def test_audit_captures_a_flower_app_end_to_end(tmp_path, capsys) -> None:
     from giacheck.cli import main
 
-    code = main(["audit", "--model", "giacheck.models.lenet:lenet_sigmoid", "--input-size", "16", "--bn", "eval",
+    code = main(["audit", "--name", "fl_lenet", "--model", "giacheck.models.lenet:lenet_sigmoid", "--input-size", "16",
+                 "--bn", "eval",
                  "--updates", "fedavg1", "--flower-app", f"{APPS}:app", "--out", str(tmp_path / "audit")])
     out = capsys.readouterr().out
     assert code == 1 and "audit: LEAKS" in out  # the control setting leaks through the real client
@@ -189,7 +200,7 @@ def test_a_pack_with_a_framework_client_needs_fedavg_without_simulated_defences(
 def test_bad_flower_config_is_refused_before_compute(tmp_path, capsys) -> None:
     from giacheck.cli import main
 
-    code = main(["audit", "--model", "giacheck.models.lenet:lenet_sigmoid", "--input-size", "16",
+    code = main(["audit", "--name", "fl_lenet", "--model", "giacheck.models.lenet:lenet_sigmoid", "--input-size", "16",
                  "--updates", "fedavg1", "--flower-app", f"{APPS}:app", "--flower-config", "clipping_norm",
                  "--out", str(tmp_path / "audit")])
     assert code == 2 and "write KEY=VALUE" in capsys.readouterr().err

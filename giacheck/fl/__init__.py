@@ -1,11 +1,13 @@
 """Real federated-learning clients, captured in-process for one round and attacked like a simulated one.
 
-A framework client (:class:`FlowerClient`) receives the global model and the server's config as its framework
-delivers them, trains on the private batch (which the user's code reads with :func:`client_batch`, in place of
-its own data loader) and sends back what it would send: :func:`capture` checks it against the global model and
-returns the :class:`~giacheck.client.ClientUpdate` the attack sees, with a record of what the server saw.
+A framework client (:class:`FlowerClient`, :class:`FednClient`) receives the global model and the server's
+config as its framework delivers them, trains on the private batch (which the user's code reads with
+:func:`client_batch`, in place of its own data loader) and sends back what it would send: :func:`capture`
+checks it against the global model and returns the :class:`~giacheck.client.ClientUpdate` the attack sees, with
+a record of what the server saw.
 
-Frameworks are optional extras (``pip install 'giacheck[flower]'``), imported only when a client is captured.
+Frameworks are optional extras (``pip install 'giacheck[flower]'``, ``'giacheck[fedn]'``; not in one environment:
+their pins conflict), imported only when a client is captured.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from torch import nn
 
 from giacheck.client import ClientUpdate
 from giacheck.fl.capture import CaptureError, Sent, server_settings, to_update, trained_batchnorm, upstream
+from giacheck.fl.fedn import FednClient
 from giacheck.fl.flower import FlowerClient
 from giacheck.specs import ClientSpec, UpdateKind
 
-__all__ = ["CaptureError", "ClientBatch", "FlowerClient", "FrameworkClient", "Sent", "capture", "client_batch",
-           "server_settings"]
+__all__ = ["CaptureError", "ClientBatch", "FednClient", "FlowerClient", "FrameworkClient", "Sent", "capture",
+           "client_batch", "server_settings"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

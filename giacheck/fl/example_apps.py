@@ -25,23 +25,10 @@ from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
 from torch import nn
 
 from giacheck.fl import client_batch
+from giacheck.fl.local import train_locally
 from giacheck.models.lenet import SigmoidLeNet
 
-__all__ = ["LDP", "LeNetClient", "app", "clip_app", "ldp_app", "train_locally"]
-
-
-def train_locally(net: nn.Module, lr: float, epochs: int, batch_size: int) -> int:
-    """Plain SGD over the private batch in order, ``epochs`` times; returns the number of examples."""
-    batch = client_batch()
-    x, y = batch.inputs, batch.labels
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
-    net.train()
-    for _ in range(epochs):
-        for i in range(0, len(x), batch_size):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(net(x[i:i + batch_size]), y[i:i + batch_size]).backward()
-            optimizer.step()
-    return len(x)
+__all__ = ["LDP", "LeNetClient", "app", "clip_app", "ldp_app"]
 
 
 def _net() -> nn.Module:
