@@ -14,6 +14,10 @@ process:
 Times cover the attack loop (``Reconstruction.seconds``), not the replica's one-off setup. Each figure is the
 median over ``repeats`` interleaved rounds, so drifts in machine load hit every contender alike.
 
+``giacheck bench --defences`` measures instead, per defence chain that only rescales the update, two DP-SGD-ready
+(GroupNorm) ResNet-18 trials at 32×32 attacked by ``gradmatch`` (the defended replica, one after another) and by
+``gradmatch_rescaled`` (undefended view: factored and stacked).
+
 ``giacheck bench --kernels`` measures instead, per model, an attack iteration with stock PyTorch ÷ one with
 giacheck's kernels: the depthwise convolution for the second-order pass (``attack/kernels.py``) and the
 factored update distance (``attack/lowrank.py``).
@@ -31,17 +35,18 @@ import torch
 import torch.nn.functional as F
 
 from giacheck.attack import Trial, invert, invert_trials
-from giacheck.attack.invert import MAX_STACKED
+from giacheck.attack.invert import MAX_STACKED, GradMatch, GradMatchRescaled
 from giacheck.attack.kernels import stock_kernels
 from giacheck.attack.trials import StackedReplica
 from giacheck.client import simulate_update
 from giacheck.data import BundledImages, select_batch
+from giacheck.defences import make_defences, rescales_only
 from giacheck.errors import GiacheckError
 from giacheck.models import build
 from giacheck.specs import AttackSpec, BNMode, ClientSpec
 
-__all__ = ["GPU_MODELS", "KERNEL_MODELS", "TRIAL_MODELS", "KernelBench", "TrialBench", "run_bench",
-           "run_kernel_bench"]
+__all__ = ["DEFENCE_CHAINS", "GPU_MODELS", "KERNEL_MODELS", "TRIAL_MODELS", "DefenceBench", "KernelBench",
+           "TrialBench", "run_bench", "run_defence_bench", "run_kernel_bench"]
 
 TRIALS = 8
 TRIAL_MODELS = (("resnet18_cifar", 32), ("swin_t_cifar", 32), ("convnext_t_cifar", 32))
@@ -272,6 +277,68 @@ def _kernel_bench(name: str, dev: torch.device, images, labels, steps: int, repe
 
 def _attack_seconds(model, update, labels, steps: int) -> float:
     return invert(model, update, labels=labels, spec=AttackSpec(iterations=steps)).seconds / steps
+
+
+DEFENCE_CHAINS = (("dpsgd1",), ("clip1", "noise1"))  # the deployment suite's DP-SGD and clip+noise claims
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DefenceBench:
+    """Seconds per iteration of ``trials`` attacks on updates under one defence chain, by both attacks."""
+
+    chain: str
+    model: str
+    device: str
+    trials: int
+    defended_iter_s: float  # gradmatch: the defended replica
+    rescaled_iter_s: float  # gradmatch_rescaled
+    speedup: float
+    stacked: bool  # whether gradmatch_rescaled stacked the trials
+
+    def to_dict(self) -> dict[str, float | str | bool | int]:
+        return asdict(self)
+
+
+def run_defence_bench(chains: tuple[tuple[str, ...], ...] = DEFENCE_CHAINS, *, device: str = "cpu",
+                      steps: int = 10, repeats: int = 3, trials: int = 2) -> list[DefenceBench]:
+    """``gradmatch`` against ``gradmatch_rescaled`` per chain, interleaved ``repeats`` times, on the GroupNorm
+    ResNet-18 Opacus makes of resnet18_cifar (bs1, eval mode).
+
+    Raises:
+        GiacheckError: a chain that does more than rescale (the two attacks would be the same), before any compute.
+    """
+    for chain in chains:
+        if not rescales_only(make_defences(chain), 1):
+            raise GiacheckError(f"defences {'+'.join(chain)!r}: not a chain that only rescales the update (valid: "
+                                "clip, noise, dpclip, dpsgd on one sample, identity); both attacks would run the "
+                                "defended replica")
+    from opacus.validators import ModuleValidator
+
+    dev = torch.device(device)
+    model = build("resnet18_cifar", 32)
+    model.net = ModuleValidator.fix(model.net)  # as the runner prepares a DP-SGD case
+    model = model.to(dev).eval()
+    pool = select_batch(BundledImages(10), batch_size=trials, size=32)
+    images, labels = pool.images.to(dev), [y.reshape(1) for y in pool.labels.to(dev)]
+    spec = AttackSpec(iterations=steps)
+    rows = []
+    for chain in chains:
+        client = ClientSpec(bn_mode=BNMode.EVAL, defences=chain)
+        runs = [Trial(update=simulate_update(model, x[None], y, client, seed=i), labels=y, seed=i)
+                for i, (x, y) in enumerate(zip(images, labels, strict=True))]
+        stacked = []
+
+        def timed(attack, runs=runs, stacked=stacked):
+            recs = attack.trials(model, runs)
+            stacked.append(recs[0].batched)
+            return sum(r.seconds for r in recs) / steps
+
+        med = _interleaved_medians({"defended": lambda: timed(GradMatch(spec)),
+                                    "rescaled": lambda: timed(GradMatchRescaled(spec))}, repeats)
+        rows.append(DefenceBench(chain="+".join(chain), model="resnet18_cifar (GroupNorm)", device=str(dev),
+                                 trials=trials, defended_iter_s=med["defended"], rescaled_iter_s=med["rescaled"],
+                                 speedup=med["defended"] / med["rescaled"], stacked=stacked[-1]))
+    return rows
 
 
 def _interleaved_medians(contenders: dict, repeats: int) -> dict[str, float]:

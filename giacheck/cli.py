@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                        "suites run)")
     bench.add_argument("--memory", action="store_true",
                        help="also the peak memory of the stacked and the sequential path (each in a fresh process)")
+    bench.add_argument("--defences", nargs="*", metavar="CHAIN",
+                       help="gradmatch against gradmatch_rescaled on updates under defence chains that only rescale "
+                            "them ('+'-joined tokens; default: dpsgd1 clip1+noise1), two GroupNorm ResNet-18 trials")
     bench.add_argument("--kernels", nargs="*", metavar="MODEL",
                        help="attack iterations with stock PyTorch vs giacheck's kernels (depthwise convolution, "
                             "factored update distance), per model (default: resnet18_cifar swin_t_cifar "
@@ -441,6 +444,23 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_defences(args: argparse.Namespace) -> int:
+    from giacheck.bench import DEFENCE_CHAINS, run_defence_bench
+
+    chains = tuple(tuple(c.split("+")) for c in args.defences) or DEFENCE_CHAINS
+    rows = run_defence_bench(chains, device=args.device, steps=args.steps, repeats=args.repeats)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2, sort_keys=True))
+        return 0
+    print(f"{rows[0].trials} attacks on {rows[0].model} @32 bs1, device {rows[0].device}: ms per iteration of all, "
+          f"gradmatch (defended replica) -> gradmatch_rescaled")
+    for r in rows:
+        how = "stacked" if r.stacked else "in a row"
+        print(f"  {r.chain:22} {r.defended_iter_s * 1e3:8.1f} ms -> {r.rescaled_iter_s * 1e3:8.1f} ms ({how})  "
+              f"x{r.speedup:.2f}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -452,6 +472,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.kernels is not None:
         return _bench_kernels(args)
+    if args.defences is not None:
+        return _bench_defences(args)
     if args.resolution is not None and not args.models:
         raise GiacheckError("--resolution applies to --models; name the models to measure at it")
     models = None

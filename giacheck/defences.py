@@ -16,6 +16,11 @@ The names and parameters follow the ecosystems that ship them: Opacus' ``max_gra
 
 The same chain runs in the client simulation and in the attacker's replica: the server is assumed to know the
 client's defence configuration, never its random draws (the replica runs it with ``generator=None``: no noise).
+A defence may declare, with a ``rescales(samples)`` method, that the replica's run of it only multiplies the
+update by a positive number when each local step has ``samples`` samples (clipping, noise the replica does not
+draw, DP-SGD on one sample); :func:`rescales_only` asks a whole chain. The cosine distance cannot tell such a
+chain from none, so the ``gradmatch_rescaled`` attack attacks it as undefended
+(:func:`giacheck.attack.objective.attack_view`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from giacheck.specs import DEFENCE_TOKEN, format_number
 
 __all__ = ["DEFENCES", "DELTA", "DPSGD", "ClipUpdateNorm", "Defence", "DefenceStage", "GaussianNoise",
            "HalfPrecision", "Identity", "PerSampleClip", "Prune", "Quantize", "SecureAggregation", "aggregation_size",
-           "make_defences", "parse_token", "privacy", "register_defence"]
+           "make_defences", "parse_token", "privacy", "register_defence", "rescales_only"]
 
 DELTA = 1e-5  # the δ of every (ε, δ) giacheck reports
 
@@ -135,6 +140,19 @@ def _link(defences: list[Defence], tokens: Sequence[str]) -> None:
         raise InvalidCaseError(f"defences {'+'.join(tokens)!r}: one DP-SGD per chain")
 
 
+def rescales_only(defences: Sequence[Defence], samples: int) -> bool:
+    """Whether the whole chain, run as the replica runs it (``generator=None``), multiplies the update by a
+    positive number and does nothing else, when each local step has ``samples`` samples. A defence says so with a
+    ``rescales(samples) -> bool`` method defined beside its ``apply`` (a subclass that overrides ``apply`` alone
+    does not inherit the claim); one without it, a plug-in's say, does not."""
+    return all(_declares_rescaling(d) and d.rescales(samples) is True for d in defences)
+
+
+def _declares_rescaling(defence: Defence) -> bool:
+    owner = next((cls for cls in type(defence).__mro__ if "apply" in vars(cls)), None)
+    return owner is not None and callable(vars(owner).get("rescales"))
+
+
 def aggregation_size(defences: Sequence[Defence]) -> int:
     """How many clients' updates the server sees only the mean of (1: the client's own update)."""
     return next((d.clients for d in defences if isinstance(d, SecureAggregation)), 1)
@@ -207,6 +225,9 @@ class Identity:
     def params(self) -> dict[str, Any]:
         return {}
 
+    def rescales(self, samples: int) -> bool:
+        return True
+
     def apply(self, tensors: dict[str, torch.Tensor], *, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         return tensors
 
@@ -227,6 +248,9 @@ class ClipUpdateNorm:
 
     def params(self) -> dict[str, Any]:
         return {"max_norm": self.max_norm}
+
+    def rescales(self, samples: int) -> bool:
+        return True  # by min(1, max_norm / ‖update‖) > 0
 
     def apply(self, tensors: dict[str, torch.Tensor], *, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         scale = torch.clamp(self.max_norm / (_norm(tensors) + 1e-12), max=1.0)
@@ -251,6 +275,9 @@ class GaussianNoise:
 
     def params(self) -> dict[str, Any]:
         return {"noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm}
+
+    def rescales(self, samples: int) -> bool:
+        return True  # the replica draws no noise: the identity
 
     def apply(self, tensors: dict[str, torch.Tensor], *, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         if generator is None or self.noise_multiplier == 0:
@@ -363,6 +390,9 @@ class PerSampleClip:
     def params(self) -> dict[str, Any]:
         return {"max_grad_norm": self.max_grad_norm}
 
+    def rescales(self, samples: int) -> bool:
+        return True  # the identity: DP-SGD after it clips
+
     def apply(self, tensors: dict[str, torch.Tensor], *, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         return tensors  # folded into the DP-SGD after it
 
@@ -387,6 +417,11 @@ class DPSGD:
 
     def params(self) -> dict[str, Any]:
         return {"noise_multiplier": self.noise_multiplier, "max_grad_norm": self.max_grad_norm}
+
+    def rescales(self, samples: int) -> bool:
+        """One sample per step: its gradient times ``min(1, C / ‖g‖) / batch_size`` > 0 (no noise drawn). Two or
+        more: each sample gets its own factor, which no single scale reproduces."""
+        return samples == 1
 
     def apply(self, tensors: dict[str, torch.Tensor], *, generator: torch.Generator | None,
               batch_size: int | None = None) -> dict[str, torch.Tensor]:

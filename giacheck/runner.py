@@ -556,7 +556,9 @@ def _proxy_stats(s: _Setup, update: ClientUpdate, labels: Any) -> tuple[NormTarg
                             f"{batch}; {s.source.name} has {len(s.source)} images in all")
     pool = disjoint_pool(s.source, exclude=list(s.batch.names), count=candidates * batch,
                          size=s.case.model.resolution)
-    choice = select_proxy_stats(Replica(s.model, update, labels), pool.images.to(s.device), distance=s.spec.distance)
+    view = getattr(s.attack, "view", None)  # the update as the attack's objective sees it (gradmatch_rescaled)
+    replica = Replica(s.model, view(update) if callable(view) else update, labels)
+    choice = select_proxy_stats(replica, pool.images.to(s.device), distance=s.spec.distance)
     return choice.target, ProxyChoiceRecord(candidates=candidates, chosen=choice.chosen,
                                             grad_distances=list(choice.distances), pool=list(pool.names))
 

@@ -49,3 +49,15 @@ def test_kernel_bench_reports_stock_and_giacheck_per_model(capsys) -> None:
 def test_kernel_bench_rejects_an_unknown_model_before_any_compute(capsys) -> None:
     assert main(["bench", "--kernels", "convnext_q"]) != 0
     assert "unknown model 'convnext_q'" in capsys.readouterr().err
+
+
+def test_defence_bench_compares_the_two_attacks_per_chain(capsys) -> None:
+    assert main(["bench", "--defences", "dpsgd1", "--steps", "1", "--repeats", "1", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["chain"] == "dpsgd1" and row["trials"] == 2 and row["stacked"] is True
+    assert row["defended_iter_s"] > 0 and row["rescaled_iter_s"] > 0
+
+
+def test_defence_bench_refuses_a_chain_that_does_more_than_rescale(capsys) -> None:
+    assert main(["bench", "--defences", "clip1+prune0.9"]) != 0
+    assert "'clip1+prune0.9': not a chain that only rescales" in capsys.readouterr().err

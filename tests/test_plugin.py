@@ -370,7 +370,7 @@ def test_own(gia):
     result = pytester.runpytest_subprocess("--giacheck-attack", "ecco")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--giacheck-attack='ecco': unknown attack 'ecco'. Did you mean: echo? Valid: echo, "
-                                 "gradmatch, other*"])
+                                 "gradmatch, gradmatch_rescaled, other*"])
 
 
 STALE = """

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 
 import torch
@@ -23,16 +24,43 @@ from giacheck.attack.distance import from_terms, update_distance
 from giacheck.attack.kernels import accelerate, using_stock_kernels
 from giacheck.attack.lowrank import LowRankPlan, plan_low_rank
 from giacheck.client import ClientUpdate, LocalStep, local_training, loss_of, plan_steps
-from giacheck.defences import make_defences
+from giacheck.defences import make_defences, rescales_only
 from giacheck.errors import InvalidUpdateError
-from giacheck.specs import AttackSpec, BNMode, UpdateKind
+from giacheck.specs import AttackSpec, BNMode, Distance, UpdateKind
 
-__all__ = ["Replica", "check_update", "replica_steps", "total_variation"]
+__all__ = ["Replica", "attack_view", "check_update", "replica_steps", "total_variation"]
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Anisotropic total variation: mean absolute difference of horizontal and vertical neighbours."""
     return (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+
+
+# Where a clipping norm times the update's norm is below this, the cosine's 1e-12 guard would move the objective
+# by more than 1e-7 of itself (float32's rounding) when the chain is dropped: it is kept.
+_GUARD_MARGIN = 1e-5
+
+
+def attack_view(update: ClientUpdate, distance: Distance | str) -> ClientUpdate:
+    """``update`` as the ``gradmatch_rescaled`` attack sees it. Under the cosine distance, a FedSGD update of one
+    client whose defence chain only rescales it (``defences.rescales_only``: clipping, noise the replica never
+    draws, DP-SGD on one sample) is attacked as undefended: ``1 − cos(s·g, t) = 1 − cos(g, t)`` for every
+    ``s > 0``, even one that depends on the images, so the objective is the same function of the images, and
+    the factored distance and stacking apply to it. The cosine's 1e-12 guard breaks the identity where a clipping
+    norm times the update's norm nears it (:data:`_GUARD_MARGIN`). Anything else is returned as it is."""
+    if not update.defences or Distance(distance) is not Distance.COSINE:
+        return update
+    if update.kind is not UpdateKind.FEDSGD or update.clients > 1:
+        return update
+    defences = make_defences(update.defences)
+    if not rescales_only(defences, update.input_shape[0]):
+        return update
+    norms = [getattr(d, "max_norm", None) or getattr(d, "max_grad_norm", None) for d in defences]
+    target_norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in update.tensors.values()))
+    if any(n is not None and n * target_norm < _GUARD_MARGIN for n in norms):
+        return update
+    client = dataclasses.replace(update.spec, defences=()) if update.spec is not None else None
+    return dataclasses.replace(update, defences=(), spec=client)
 
 
 class Replica:
