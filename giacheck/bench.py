@@ -25,6 +25,7 @@ factored update distance (``attack/lowrank.py``).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import resource
 import statistics
@@ -316,7 +317,13 @@ def run_defence_bench(chains: tuple[tuple[str, ...], ...] = DEFENCE_CHAINS, *, d
 
     dev = torch.device(device)
     model = build("resnet18_cifar", 32)
-    model.net = ModuleValidator.fix(model.net)  # as the runner prepares a DP-SGD case
+    opacus_log = logging.getLogger("opacus")
+    level = opacus_log.level
+    opacus_log.setLevel(logging.WARNING)  # not a line per replaced BatchNorm
+    try:
+        model.net = ModuleValidator.fix(model.net)  # as the runner prepares a DP-SGD case
+    finally:
+        opacus_log.setLevel(level)
     model = model.to(dev).eval()
     pool = select_batch(BundledImages(10), batch_size=trials, size=32)
     images, labels = pool.images.to(dev), [y.reshape(1) for y in pool.labels.to(dev)]
