@@ -93,8 +93,9 @@ class GradMatch:
 class GradMatchRescaled(GradMatch):
     """``gradmatch`` that attacks a FedSGD update whose defences only rescale it (clipping, noise the replica never
     draws, DP-SGD on one sample) as undefended, under the cosine distance: the same objective, with the factored
-    distance and stacked trials (two DP-SGD trials of the GroupNorm ResNet-18 at 32 px, one CPU thread: 2.1-2.3x
-    faster). Its float rounding differs from ``gradmatch``'s, so it is its own attack (and baseline identity)."""
+    distance and stacked trials (two DP-SGD trials of the GroupNorm ResNet-18 at 32 px, one CPU thread: about 2x
+    faster, ``giacheck bench --defences``). Its float rounding differs from ``gradmatch``'s, so it is its own
+    attack (and baseline identity)."""
 
     drop_rescaling = True
 
