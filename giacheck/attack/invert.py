@@ -73,7 +73,8 @@ class GradMatch:
     def trials(self, model: nn.Module, trials: Sequence[Trial]) -> list[Reconstruction]:
         """Several attacks on one global model at once (:func:`invert_trials`): a case's challenge set."""
         every = max(1, self.spec.iterations // 10) if log.isEnabledFor(logging.DEBUG) else 0
-        return invert_trials(model, trials, spec=self.spec, log_every=every, drop_rescaling=self.drop_rescaling)
+        trials = [dataclasses.replace(t, update=self.view(t.update)) for t in trials]
+        return invert_trials(model, trials, spec=self.spec, log_every=every)
 
     def view(self, update: ClientUpdate) -> ClientUpdate:
         """The update as this attack's objective sees it (:func:`~giacheck.attack.objective.attack_view`)."""
@@ -144,22 +145,18 @@ def invert(
 
 
 def invert_trials(model: nn.Module, trials: Sequence[Trial], *, spec: AttackSpec,
-                  log_every: int = 0, drop_rescaling: bool = False) -> list[Reconstruction]:
+                  log_every: int = 0) -> list[Reconstruction]:
     """Run every trial's attack (each with ``spec.restarts`` restarts) on one global model: stacked as one
     forward and one double backward (``trials.py``) when ``spec.batched_restarts`` and the math allow it,
     else one restart after another. Trials are stacked in chunks of at most :data:`MAX_STACKED` attacks
     (restarts × trials; a trial's restarts always together, so a trial with more restarts stacks them all), in
-    order. With ``drop_rescaling``, an update whose defences only rescale it is attacked as undefended
-    (:func:`~giacheck.attack.objective.attack_view`). Returns one :class:`Reconstruction` per trial, in order."""
+    order. Returns one :class:`Reconstruction` per trial, in order."""
     for t in trials:
         _initial(t, spec)  # a malformed init is refused before any attack runs
     per_chunk = max(1, MAX_STACKED // spec.restarts)
     out: list[Reconstruction] = []
     for start in range(0, len(trials), per_chunk):
-        chunk = trials[start:start + per_chunk]
-        if drop_rescaling:
-            chunk = [dataclasses.replace(t, update=attack_view(t.update, spec.distance)) for t in chunk]
-        out += _invert_chunk(model, chunk, spec, log_every)
+        out += _invert_chunk(model, trials[start:start + per_chunk], spec, log_every)
     return out
 
 
